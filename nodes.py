@@ -1,0 +1,209 @@
+"""ComfyUI nodes of blade-nodes: thin glue around ``blade_nodes`` (the library).
+
+Socket types: BLADE_BODY_MODEL (blade_nodes.body.BodyModel), BLADE_SMPLX
+(blade_nodes.body.SMPLXParams), BLADE_CAMERA (blade_nodes.camera.Camera), BLADE_TZ
+(blade_nodes.depth.PelvisDepth), BLADE_DEPTHNET, BLADE_POSENET. Saved workflows store
+widget values by position: never reorder or rename widgets; add new ones at the end.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+try:  # ComfyUI-only modules; the pack also imports from a plain Python (tests)
+    import folder_paths  # type: ignore
+except ImportError:
+    folder_paths = None
+try:
+    import comfy.utils  # type: ignore
+    import comfy.model_management  # type: ignore
+except ImportError:
+    comfy = None
+
+log = logging.getLogger("blade_nodes")
+
+# Inside ComfyUI the pack is imported as a package under a name derived from its folder;
+# the library must then be imported relative to it (never by the folder's name).
+_LIB = f"{__package__}.blade_nodes" if __package__ else "blade_nodes"
+
+
+def lib(module: str):
+    """The library's sub-module ``module`` ("body", "io", "camera", ...)."""
+    return importlib.import_module(f"{_LIB}.{module}")
+
+
+MODEL_KINDS = ("smplx", "blade", "depthanything")
+MODEL_EXTENSIONS = {".npz", ".pkl", ".pth", ".pt", ".safetensors", ".bin", ".json"}
+OPEN_BODY = "open body (built-in, Anny)"
+
+
+def _register_model_folders() -> None:
+    if folder_paths is None:
+        return
+    for kind in MODEL_KINDS:
+        path = os.path.join(folder_paths.models_dir, kind)
+        if kind in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(kind, path)
+        else:
+            folder_paths.folder_names_and_paths[kind] = ([path], MODEL_EXTENSIONS)
+
+
+_register_model_folders()
+
+
+# ---------------------------------------------------------------- shared glue helpers
+def model_dirs(kind: str) -> list[Path]:
+    """Folders holding model files of ``kind``: ComfyUI's when it runs, else $BLADE_MODELS_DIR."""
+    if folder_paths is not None:
+        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    return lib("io").model_dirs(kind)
+
+
+def output_dir() -> Path:
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return lib("io").output_root()
+
+
+def input_dir() -> Path | None:
+    return Path(folder_paths.get_input_directory()) if folder_paths is not None else None
+
+
+def progress(total: int):
+    """A progress(step, total) callback: updates ComfyUI's bar and raises on interrupt."""
+    bar = comfy.utils.ProgressBar(total) if comfy is not None else None
+
+    def update(step: int, n: int = total) -> None:
+        if comfy is not None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+        if bar is not None:
+            bar.update_absolute(step, n)
+    return update
+
+
+def torch_device():
+    if comfy is not None:
+        return comfy.model_management.get_torch_device()
+    import torch
+    return torch.device("cpu")
+
+
+def _body_model_choices() -> list[str]:
+    return [OPEN_BODY] + [p.name for p in lib("body").find_body_models(model_dirs("smplx"))]
+
+
+# ---------------------------------------------------------------- body / params (foundation)
+class BladeLoadBodyModel:
+    CATEGORY = "BLADE/body"
+    DESCRIPTION = ("Loads an SMPL-X-format body model: a real SMPL-X file from models/smplx "
+                   "(SMPLX_NEUTRAL/MALE/FEMALE .npz or .pkl) or the free built-in open body.")
+    RETURN_TYPES = ("BLADE_BODY_MODEL",)
+    RETURN_NAMES = ("body_model",)
+    OUTPUT_TOOLTIPS = ("The body model (mesh, skeleton, keypoint maps) for the other BLADE nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (_body_model_choices(), {
+                "tooltip": "SMPL-X file in models/smplx (needs a free registration at "
+                           "smpl-x.is.tue.mpg.de, non-commercial), or the built-in open body "
+                           "(built from Anny on first use, free for any use)."}),
+        }}
+
+    def load(self, model):
+        body = lib("body")
+        if model == OPEN_BODY:
+            return (body.load_body_model(lib("body.open_body").ensure_open_body()),)
+        dirs = model_dirs("smplx")
+        for p in body.find_body_models(dirs):
+            if p.name == model:
+                return (body.load_body_model(p),)
+        raise body.BodyModelError(f"'{model}' not found. " + body.missing_model_message(dirs))
+
+
+class BladeLoadParams:
+    CATEGORY = "BLADE/io"
+    DESCRIPTION = ("Reads SMPL-X parameters and cameras: blade-smplx/1 .json or .npz, or an "
+                   "official BLADE result .pth (read safely).")
+    RETURN_TYPES = ("BLADE_SMPLX", "BLADE_CAMERA")
+    RETURN_NAMES = ("smplx", "camera")
+    OUTPUT_TOOLTIPS = ("SMPL-X parameters, one set per frame.",
+                       "The cameras stored in the file (None when the file has none).")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "path": ("STRING", {"default": "blade_params.json",
+                                "tooltip": "A .json/.npz (blade-smplx/1) or official .pth file: "
+                                           "absolute, or relative to ComfyUI's input folder."}),
+        }}
+
+    def load(self, path):
+        io = lib("io")
+        params, camera = io.load_params(io.input_path(path, input_dir()))
+        return (params, camera)
+
+
+class BladeSaveParams:
+    CATEGORY = "BLADE/io"
+    DESCRIPTION = "Writes SMPL-X parameters (and cameras) as blade-smplx/1 JSON into the output folder."
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Absolute path of the file written.",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "smplx": ("BLADE_SMPLX", {"tooltip": "SMPL-X parameters to save."}),
+            "filename_prefix": ("STRING", {"default": "blade/params",
+                                           "tooltip": "File name inside the output folder; "
+                                                      "sub-folders allowed, '..' is not."}),
+        }, "optional": {
+            "camera": ("BLADE_CAMERA", {"tooltip": "Cameras to store with each frame."}),
+            "format": (["json", "npz"], {"default": "json",
+                                         "tooltip": "json (readable) or npz (compact)."}),
+        }}
+
+    def save(self, smplx, filename_prefix, camera=None, format="json"):
+        io = lib("io")
+        path = io.output_path(filename_prefix, format, output_dir())
+        io.save_params(path, smplx, camera)
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+
+
+# ---------------------------------------------------------------- depth (stage 1)
+
+# ---------------------------------------------------------------- pose (stage 2)
+
+# ---------------------------------------------------------------- camera (stage 3)
+
+# ---------------------------------------------------------------- render (stage 4)
+
+# ---------------------------------------------------------------- export / io
+
+# ---------------------------------------------------------------- registration
+def _node_classes() -> dict[str, type]:
+    return {name: obj for name, obj in globals().items()
+            if name.startswith("Blade") and isinstance(obj, type) and hasattr(obj, "FUNCTION")}
+
+
+def _display_name(name: str) -> str:
+    words, cur = [], ""
+    for ch in name[len("Blade"):]:
+        if ch.isupper() and cur:
+            words.append(cur)
+            cur = ""
+        cur += ch
+    words.append(cur)
+    return "BLADE " + " ".join(w for w in words if w)
+
+
+NODE_CLASS_MAPPINGS = _node_classes()
+NODE_DISPLAY_NAME_MAPPINGS = {name: getattr(cls, "DISPLAY_NAME", _display_name(name))
+                              for name, cls in NODE_CLASS_MAPPINGS.items()}
