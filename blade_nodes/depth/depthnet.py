@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "DepthNetConfig", "BladeDepthNet", "DepthNetOutput", "load_depthnet", "save_depthnet",
-    "remap_official", "CheckpointError", "VITL", "VITB", "VITS",
+    "remap_official", "CheckpointError", "VITL", "VITB", "VITS", "read_state_dict",
+    "depthnet_from_state_dict", "infer_config", "MetricDepthNet", "dav2_from_official",
 ]
 
 
@@ -385,6 +386,10 @@ def infer_config(sd: Mapping[str, Tensor]) -> DepthNetConfig:
     head_hidden = int(get("depth_backbone.depth_head.scratch.output_conv2.0.weight").shape[0])
     iface = int(get("depth_interface.0.weight").shape[0])
     ffn = int(get("depth_head.dec_z.decoder.layers.0.linear1.weight").shape[0])
+    if sorted(blocks) != list(range(max(out_idx))):
+        raise CheckpointError(
+            f"checkpoint has encoder blocks {_ranges(sorted(blocks))}; a {hidden}-wide DINOv2 "
+            f"needs blocks 0-{max(out_idx) - 1}. Truncated or partial checkpoint?")
     dec_layers = {int(m.group(1)) for k in sd
                   if (m := re.search(r"depth_head\.dec_z\.decoder\.layers\.(\d+)\.", k))}
     return DepthNetConfig(
@@ -396,6 +401,10 @@ def infer_config(sd: Mapping[str, Tensor]) -> DepthNetConfig:
 
 # --------------------------------------------------------------------------------------------
 # Loading and saving
+
+
+def _ranges(ints: list[int]) -> str:
+    return f"{ints[0]}-{ints[-1]} ({len(ints)} blocks)" if ints else "none"
 
 
 def _show(keys: list[str], n: int = 6) -> str:
@@ -477,12 +486,18 @@ def load_depthnet(path: str | Path, config: DepthNetConfig | None = None) -> Bla
     """
     path = Path(path)
     sd, meta = read_state_dict(path)
+    return depthnet_from_state_dict(sd, meta, path.name, config)
+
+
+def depthnet_from_state_dict(sd: Mapping[str, Tensor], meta: Mapping[str, str], name: str,
+                             config: DepthNetConfig | None = None) -> BladeDepthNet:
+    """:func:`load_depthnet` after reading; ``name`` is used in messages."""
     converted = meta.get("format") == "blade-nodes-depthnet"
     if not converted:
         has_depth = [k for k in sd if k.removeprefix("module.").startswith(OFFICIAL_PREFIXES)]
         if not has_depth:
             raise CheckpointError(
-                f"{path.name} is not a BLADE checkpoint: none of its {len(sd)} keys start with "
+                f"{name} is not a BLADE checkpoint: none of its {len(sd)} keys start with "
                 f"{', '.join(OFFICIAL_PREFIXES)} (first keys: {_show(list(sd), 4)}). "
                 "Use the official BLADE epoch_2.pth; a plain Depth Anything checkpoint belongs "
                 "in models/depthanything (metric-depth method).")
@@ -500,7 +515,7 @@ def load_depthnet(path: str | Path, config: DepthNetConfig | None = None) -> Bla
     wrong_shape = [f"{k} {tuple(target[k].shape)} vs {tuple(v.shape)}"
                    for k, v in expected.items() if k in target and target[k].shape != v.shape]
     if missing or unexpected or wrong_shape:
-        parts = [f"{path.name} does not match the BLADE DepthNet ({config.hidden_size}-wide, "
+        parts = [f"{name} does not match the BLADE DepthNet ({config.hidden_size}-wide, "
                  f"{config.num_layers} layers):"]
         if missing:
             parts.append(f"{len(missing)} missing [{_show(missing)}]")
@@ -508,10 +523,15 @@ def load_depthnet(path: str | Path, config: DepthNetConfig | None = None) -> Bla
             parts.append(f"{len(unexpected)} unexpected [{_show(unexpected)}]")
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} with wrong shape [{_show(wrong_shape, 3)}]")
+        if not converted:
+            absent = [p + "*" for p in OFFICIAL_PREFIXES
+                      if not any(k.removeprefix("module.").startswith(p) for k in sd)]
+            if absent:
+                parts.append(f"the file has no {', '.join(absent)} keys at all.")
         parts.append("Is it the complete official BLADE checkpoint (epoch_2.pth)?")
         raise CheckpointError(" ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in target.items()}, strict=True)
-    _check_finite(model, path.name)
+    _check_finite(model, name)
     return model.eval()
 
 
@@ -527,3 +547,76 @@ def save_depthnet(model: BladeDepthNet, path: str | Path) -> Path:
     save_file(sd, str(path), metadata={"format": "blade-nodes-depthnet",
                                        "config": model.cfg.to_json()})
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Plain Depth Anything V2 metric model (no Tz head)
+
+
+class MetricDepthNet(nn.Module):
+    """A Depth Anything V2 metric model without the BLADE Tz head (metric-depth method).
+
+    ``dav2`` is a transformers ``DepthAnythingForDepthEstimation`` with
+    ``depth_estimation_type='metric'``; ``max_depth`` its depth range, metres.
+    """
+
+    has_tz_head = False
+
+    def __init__(self, dav2: nn.Module, name: str = ""):
+        super().__init__()
+        cfg = dav2.config
+        if getattr(cfg, "depth_estimation_type", None) != "metric":
+            raise CheckpointError(
+                f"{name or 'model'}: a relative-depth Depth Anything model has no metres; use a "
+                "Metric checkpoint (e.g. Depth-Anything-V2-Metric-Indoor-Large-hf)")
+        self.dav2 = dav2.eval()
+        self.name = name
+        self.max_depth = float(cfg.max_depth)
+        self.patch_size = int(cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0])
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """pixel_values: [B, 3, H, W] normalised, H, W multiples of 14. Returns [B, H, W] metres."""
+        return self.dav2(pixel_values=pixel_values).predicted_depth
+
+
+def dav2_from_official(sd: Mapping[str, Tensor], name: str, max_depth: int) -> MetricDepthNet:
+    """A metric model from an official DAv2 ``.pth`` (keys ``pretrained.*``, ``depth_head.*``).
+
+    The official positional-embedding interpolation is installed, so non-518 inputs match the
+    official model.
+    """
+    prefixed = {"depth_backbone." + k.removeprefix("module."): v for k, v in sd.items()}
+    hidden = int(prefixed["depth_backbone.pretrained.cls_token"].shape[-1])
+    if hidden not in _KNOWN_ENCODERS:
+        raise CheckpointError(f"{name}: encoder width {hidden} is not a known DINOv2 size")
+    heads, out_idx = _KNOWN_ENCODERS[hidden]
+    blocks = {int(m.group(1)) for k in prefixed
+              if (m := re.search(r"depth_backbone\.pretrained\.blocks\.(\d+)\.", k))}
+    if sorted(blocks) != list(range(max(out_idx))):
+        raise CheckpointError(f"{name}: encoder blocks {_ranges(sorted(blocks))}, expected "
+                              f"0-{max(out_idx) - 1}. Truncated or partial checkpoint?")
+    cfg = DepthNetConfig(
+        hidden_size=hidden, num_layers=len(blocks), num_heads=heads, out_indices=out_idx,
+        image_size=int(round(math.sqrt(prefixed["depth_backbone.pretrained.pos_embed"].shape[1] - 1))) * 14,
+        neck_hidden_sizes=tuple(int(prefixed[f"depth_backbone.depth_head.projects.{i}.weight"].shape[0])
+                                for i in range(4)),
+        fusion_hidden_size=int(prefixed["depth_backbone.depth_head.scratch.layer1_rn.weight"].shape[0]),
+        head_hidden_size=int(prefixed["depth_backbone.depth_head.scratch.output_conv2.0.weight"].shape[0]),
+        dav2_max_depth=int(max_depth))
+    from transformers import DepthAnythingForDepthEstimation
+    dav2 = DepthAnythingForDepthEstimation(cfg.to_transformers())
+    emb = dav2.backbone.embeddings
+    emb.interpolate_pos_encoding = types.MethodType(_official_interpolate_pos_encoding, emb)
+    holder = nn.Module()
+    holder.dav2 = dav2
+    target, unmapped = remap_official(prefixed, holder)  # type: ignore[arg-type]
+    target = {k[len("dav2."):]: v for k, v in target.items() if k.startswith("dav2.")}
+    expected = dav2.state_dict()
+    missing = [k for k in expected if k not in target]
+    if missing or unmapped:
+        raise CheckpointError(f"{name} does not match Depth Anything V2: {len(missing)} missing "
+                              f"[{_show(missing)}], {len(unmapped)} unmapped [{_show(unmapped)}]")
+    dav2.load_state_dict(target, strict=True)
+    out = MetricDepthNet(dav2, name)
+    _check_finite(out, name)
+    return out
