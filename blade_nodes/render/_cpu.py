@@ -1,0 +1,384 @@
+"""CPU rasterizer kernels (private; call :func:`blade_nodes.render.rasterize`).
+
+Two implementations of the same rules (see ``raster.py`` for the rules):
+
+- ``raster_numba``: a compiled single-thread z-buffer (numba). A loop over
+  triangles with exact per-pixel edge functions and a 1/z depth test, then a
+  per-pixel resolve pass that computes depth and perspective-correct
+  barycentrics from the winning face (a visibility buffer). Chosen by
+  measurement: ``bench/render.py``.
+- ``raster_torch``: a vectorised torch fallback used only when numba is not
+  installed (5-10x slower; see ``bench/render.py``).
+
+Both are deterministic: equal 1/z keeps the lower face id.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba is an optional (but recommended) runtime dependency
+    import numba as _numba
+except ImportError:  # pragma: no cover - exercised only without numba
+    _numba = None
+
+HAVE_NUMBA = _numba is not None
+_ZDTYPE = np.float32
+
+
+# ---------------------------------------------------------------------------
+# numba kernel
+# ---------------------------------------------------------------------------
+
+_TINY = float(np.nextafter(0.0, 1.0))  # w > 0  <=>  w >= _TINY, exactly (float64)
+
+
+def _edge_setup(ax, ay, bx, by, ia, ib, s):
+    """Canonical edge a->b: returns (ox, oy, dx, dy, thr).
+
+    The edge function ``w(p) = dx * (py - oy) - dy * (px - ox)`` is evaluated
+    from the endpoint with the smaller vertex index, so two triangles sharing an
+    edge get exactly opposite values (watertight, no double coverage); the sign
+    ``s`` (+-1, exact) is folded into (dx, dy) so that w > 0 inside. A pixel
+    centre is inside when ``w >= thr`` for all three edges: ``thr = 0`` for a
+    "top-left" edge (inward normal towards +u, or +v when the edge is
+    horizontal), the smallest positive float otherwise, so of two neighbours
+    exactly one owns a centre that lies exactly on their shared edge.
+    """
+    if ia < ib:
+        ox, oy, dx, dy = ax, ay, (bx - ax) * s, (by - ay) * s
+    else:
+        ox, oy, dx, dy = bx, by, (bx - ax) * s, (by - ay) * s
+        # (ax - bx) * (-s) == (bx - ax) * s exactly: the negations cancel
+    gx = -dy  # gradient of w along u
+    gy = dx
+    thr = 0.0 if (gx > 0.0 or (gx == 0.0 and gy > 0.0)) else _TINY
+    return ox, oy, dx, dy, thr
+
+
+def _prepare(verts, focal, principal, faces, near, cull, proj, keep):
+    """Projection (u, v, 1/z) per vertex and the faces to draw, per frame.
+
+    verts: [B, V, 3] float64 camera space; focal [B]; principal [B, 2].
+    proj: [B, V, 3] float64 output; keep: [B, F] bool output.
+    """
+    nb, nv = verts.shape[0], verts.shape[1]
+    nf = faces.shape[0]
+    for b in range(nb):
+        f = focal[b]
+        cx = principal[b, 0]
+        cy = principal[b, 1]
+        for n in range(nv):
+            z = verts[b, n, 2]
+            iz = 1.0 / z
+            proj[b, n, 0] = verts[b, n, 0] * iz * f + cx
+            proj[b, n, 1] = verts[b, n, 1] * iz * f + cy
+            proj[b, n, 2] = iz if z >= near else np.nan
+        for k in range(nf):
+            i0 = faces[k, 0]
+            i1 = faces[k, 1]
+            i2 = faces[k, 2]
+            x0 = proj[b, i0, 0]
+            y0 = proj[b, i0, 1]
+            x1 = proj[b, i1, 0]
+            y1 = proj[b, i1, 1]
+            x2 = proj[b, i2, 0]
+            y2 = proj[b, i2, 1]
+            area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+            ok = np.isfinite(area) and area != 0.0 and np.isfinite(
+                proj[b, i0, 2] + proj[b, i1, 2] + proj[b, i2, 2])
+            # back-facing <=> screen-space signed area (y down) > 0
+            keep[b, k] = ok and not (cull and area > 0.0)
+
+
+def _render_frames(proj, faces, keep, zbuf, vis, fid, depth, bary):
+    """Both passes for every frame.
+
+    proj: [B, V, 3] float64 (u px, v px, 1/z); keep: [B, F] bool (face drawn).
+    zbuf: [H, W] float scratch (1/z); vis: [H, W] int32 scratch (face id).
+    fid: [B, H, W] int64, depth: [B, H, W], bary: [B, H, W, 3] outputs.
+    """
+    for b in range(proj.shape[0]):
+        _visibility(proj[b], faces, keep[b], zbuf, vis)
+        _resolve(proj[b], faces, vis, fid[b], depth[b], bary[b])
+
+
+def _visibility(proj, faces, keep, zbuf, fid):
+    """Pass 1: id of the face with the largest 1/z at each pixel centre, or -1.
+
+    proj: [V, 3] float64; keep: [F] bool; zbuf: [H, W] scratch; fid: [H, W] int32 out.
+    """
+    height, width = fid.shape
+    nf = faces.shape[0]
+    for i in range(height):
+        for j in range(width):
+            zbuf[i, j] = 0.0
+            fid[i, j] = -1
+    for k in range(nf):
+        if not keep[k]:
+            continue
+        i0 = faces[k, 0]
+        i1 = faces[k, 1]
+        i2 = faces[k, 2]
+        x0 = proj[i0, 0]
+        y0 = proj[i0, 1]
+        x1 = proj[i1, 0]
+        y1 = proj[i1, 1]
+        x2 = proj[i2, 0]
+        y2 = proj[i2, 1]
+        # pixel-centre bounding box (most small triangles contain no centre)
+        lo_u = max(min(x0, x1, x2) - 0.5, 0.0)
+        hi_u = min(max(x0, x1, x2) - 0.5, width - 1.0)
+        jmin = int(np.ceil(lo_u))
+        jmax = int(np.floor(hi_u))
+        if jmin > jmax:
+            continue
+        lo_v = max(min(y0, y1, y2) - 0.5, 0.0)
+        hi_v = min(max(y0, y1, y2) - 0.5, height - 1.0)
+        imin = int(np.ceil(lo_v))
+        imax = int(np.floor(hi_v))
+        if imin > imax:
+            continue
+        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        s = 1.0 if area > 0.0 else -1.0
+        # edge opposite vertex 0 is (1, 2), opposite 1 is (2, 0), opposite 2 is (0, 1)
+        ox0, oy0, dx0, dy0, t0 = _edge_setup(x1, y1, x2, y2, i1, i2, s)
+        ox1, oy1, dx1, dy1, t1 = _edge_setup(x2, y2, x0, y0, i2, i0, s)
+        ox2, oy2, dx2, dy2, t2 = _edge_setup(x0, y0, x1, y1, i0, i1, s)
+        inv_area = 1.0 / abs(area)
+        iz0 = proj[i0, 2] * inv_area
+        iz1 = proj[i1, 2] * inv_area
+        iz2 = proj[i2, 2] * inv_area
+        for i in range(imin, imax + 1):
+            py = i + 0.5
+            r0 = dx0 * (py - oy0)
+            r1 = dx1 * (py - oy1)
+            r2 = dx2 * (py - oy2)
+            for j in range(jmin, jmax + 1):
+                px = j + 0.5
+                w0 = r0 - dy0 * (px - ox0)
+                w1 = r1 - dy1 * (px - ox1)
+                w2 = r2 - dy2 * (px - ox2)
+                if w0 >= t0 and w1 >= t1 and w2 >= t2:
+                    iz = w0 * iz0 + w1 * iz1 + w2 * iz2
+                    if iz > zbuf[i, j]:
+                        zbuf[i, j] = iz
+                        fid[i, j] = k
+
+
+def _resolve(proj, faces, vis, fid, depth, bary):
+    """Pass 2: face id, depth and perspective-correct barycentrics of the winner.
+
+    proj: [V, 3] float64; vis: [H, W] int32 from pass 1; fid, depth: [H, W] and
+    bary: [H, W, 3] outputs (background: -1, 0, 0).
+    """
+    height, width = vis.shape
+    for i in range(height):
+        py = i + 0.5
+        for j in range(width):
+            k = vis[i, j]
+            fid[i, j] = k
+            if k < 0:
+                depth[i, j] = 0.0
+                bary[i, j, 0] = 0.0
+                bary[i, j, 1] = 0.0
+                bary[i, j, 2] = 0.0
+                continue
+            px = j + 0.5
+            i0 = faces[k, 0]
+            i1 = faces[k, 1]
+            i2 = faces[k, 2]
+            x0 = proj[i0, 0]
+            y0 = proj[i0, 1]
+            x1 = proj[i1, 0]
+            y1 = proj[i1, 1]
+            x2 = proj[i2, 0]
+            y2 = proj[i2, 1]
+            w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+            w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+            w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+            q0 = w0 * proj[i0, 2]
+            q1 = w1 * proj[i1, 2]
+            q2 = w2 * proj[i2, 2]
+            q = q0 + q1 + q2
+            # depth = 1 / (sum_i l_i / z_i) with l_i = w_i / sum(w)
+            depth[i, j] = (w0 + w1 + w2) / q
+            bary[i, j, 0] = q0 / q
+            bary[i, j, 1] = q1 / q
+            bary[i, j, 2] = q2 / q
+
+
+if HAVE_NUMBA:
+    _jit = _numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+    _edge_setup = _numba.njit(cache=True, inline="always")(_edge_setup)
+    _visibility = _jit(_visibility)
+    _resolve = _jit(_resolve)
+    _prepare = _jit(_prepare)
+    _render_frames = _jit(_render_frames)
+
+
+def _project(verts: Tensor, focal: Tensor, principal: Tensor, faces: Tensor, near: float,
+             cull: bool) -> tuple[Tensor, Tensor]:
+    """float64 (u, v, 1/z) per vertex and the mask of faces to draw.
+
+    Returns:
+        proj: [B, V, 3] float64 (u px, v px, 1/z in 1/m); keep: [B, F] bool.
+    """
+    v = verts.detach().to(torch.float64)
+    z = v[..., 2]
+    iz = 1.0 / z
+    f = focal.detach().to(torch.float64)[:, None]
+    pp = principal.detach().to(torch.float64)
+    u = v[..., 0] * iz * f + pp[:, None, 0]
+    w = v[..., 1] * iz * f + pp[:, None, 1]
+    proj = torch.stack([u, w, iz], -1)
+    ok = (z >= near) & torch.isfinite(proj).all(-1)
+    keep = ok[:, faces].all(-1)
+    if cull:
+        # back-facing <=> the screen-space signed area (y down) is positive,
+        # equivalently dot((v1 - v0) x (v2 - v0), v0) > 0 in camera space.
+        p = proj[:, faces]  # [B, F, 3, 3]
+        a = ((p[:, :, 1, 0] - p[:, :, 0, 0]) * (p[:, :, 2, 1] - p[:, :, 0, 1])
+             - (p[:, :, 1, 1] - p[:, :, 0, 1]) * (p[:, :, 2, 0] - p[:, :, 0, 0]))
+        keep &= a < 0
+    return proj, keep
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(height: int, width: int):
+    """This thread's reused z-buffer and visibility scratch ([H, W] views).
+
+    Kept between calls (12 B per pixel of the largest image so far) so that a
+    steady-state render does not page-fault fresh memory for them.
+    """
+    n = height * width
+    if getattr(_SCRATCH, "n", 0) < n:
+        _SCRATCH.z = np.empty(n, _ZDTYPE)
+        _SCRATCH.v = np.empty(n, np.int32)
+        _SCRATCH.n = n
+    return _SCRATCH.z[:n].reshape(height, width), _SCRATCH.v[:n].reshape(height, width)
+
+
+def raster_numba(verts, faces, focal, principal, height, width, cull, near):
+    """Fragments tensors (face_id int64, depth, bary) from the numba kernels."""
+    v = np.ascontiguousarray(verts.detach().cpu().numpy(), dtype=np.float64)
+    f = np.ascontiguousarray(focal.detach().cpu().numpy(), dtype=np.float64)
+    pp = np.ascontiguousarray(principal.detach().cpu().numpy(), dtype=np.float64)
+    faces_np = np.ascontiguousarray(faces.detach().cpu().numpy(), dtype=np.int64)
+    b = v.shape[0]
+    proj = np.empty(v.shape, np.float64)
+    keep = np.empty((b, faces_np.shape[0]), np.bool_)
+    _prepare(v, f, pp, faces_np, near, cull, proj, keep)
+    fid = np.empty((b, height, width), np.int64)
+    out_dtype = np.float64 if verts.dtype == torch.float64 else np.float32
+    depth = np.empty((b, height, width), out_dtype)
+    bary = np.empty((b, height, width, 3), out_dtype)
+    zbuf, vis = _scratch(height, width)
+    _render_frames(proj, faces_np, keep, zbuf, vis, fid, depth, bary)
+    return torch.from_numpy(fid), torch.from_numpy(depth), torch.from_numpy(bary)
+
+
+# ---------------------------------------------------------------------------
+# torch fallback (same rules, vectorised over fragments)
+# ---------------------------------------------------------------------------
+
+_CHUNK = 1 << 22  # candidate fragments per chunk
+
+
+def _edge_torch(pa, pb, ia, ib, s, px, py):
+    """Canonical edge function (see ``_edge_setup``), vectorised.
+
+    pa, pb: [N, 2] endpoints; ia, ib: [N] vertex ids; s: [N] +-1;
+    px, py: [N] pixel centres. Returns (w [N], topleft [N]).
+    """
+    swap = ia > ib
+    o = torch.where(swap[:, None], pb, pa)
+    d = torch.where(swap[:, None], pa - pb, pb - pa)
+    sg = torch.where(swap, -s, s)
+    w = sg * (d[:, 0] * (py - o[:, 1]) - d[:, 1] * (px - o[:, 0]))
+    gx = -d[:, 1] * sg
+    gy = d[:, 0] * sg
+    tl = (gx > 0) | ((gx == 0) & (gy > 0))
+    return w, tl
+
+
+def raster_torch(verts, faces, focal, principal, height, width, cull, near):
+    """Fragments tensors (face_id int64, depth, bary) with pure torch ops."""
+    proj, keep = _project(verts.cpu(), focal.cpu(), principal.cpu(), faces.cpu(), near, cull)
+    faces = faces.cpu().to(torch.int64)
+    nb = proj.shape[0]
+    out_dtype = torch.float64 if verts.dtype == torch.float64 else torch.float32
+    fid_all = torch.full((nb, height, width), -1, dtype=torch.int64)
+    depth_all = torch.zeros((nb, height, width), dtype=out_dtype)
+    bary_all = torch.zeros((nb, height, width, 3), dtype=out_dtype)
+    for b in range(nb):
+        p = proj[b][faces]  # [F, 3, 3]
+        area = ((p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1])
+                - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0]))
+        lo_u = (p[..., 0].amin(1) - 0.5).clamp_min(0).ceil()
+        hi_u = (p[..., 0].amax(1) - 0.5).clamp_max(width - 1).floor()
+        lo_v = (p[..., 1].amin(1) - 0.5).clamp_min(0).ceil()
+        hi_v = (p[..., 1].amax(1) - 0.5).clamp_max(height - 1).floor()
+        ok = keep[b] & (area != 0) & torch.isfinite(area) & (lo_u <= hi_u) & (lo_v <= hi_v)
+        ks = ok.nonzero().squeeze(1)
+        nu = (hi_u[ks] - lo_u[ks] + 1).long()
+        nv = (hi_v[ks] - lo_v[ks] + 1).long()
+        counts = nu * nv
+        # best (1/z, -face) per pixel as one int64 key; 1/z > 0 so its float bits sort
+        best = torch.full((height * width,), torch.iinfo(torch.int64).min, dtype=torch.int64)
+        starts = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum())
+        c0 = 0
+        while c0 < total:
+            # faces whose fragments start in [c0, c0 + CHUNK) (at least one face)
+            sel = ((starts >= c0) & (starts < c0 + _CHUNK)).nonzero().squeeze(1)
+            fk = ks[sel]
+            cnt = counts[sel]
+            c0 = int(starts[sel[-1]] + cnt[-1])
+            rep = torch.repeat_interleave(torch.arange(len(fk)), cnt)
+            local = torch.arange(int(cnt.sum())) - torch.repeat_interleave(
+                torch.cumsum(cnt, 0) - cnt, cnt)
+            k = fk[rep]
+            nuk = nu[sel][rep]
+            jj = lo_u[k].long() + local % nuk
+            ii = lo_v[k].long() + local // nuk
+            px = jj.to(torch.float64) + 0.5
+            py = ii.to(torch.float64) + 0.5
+            pk = p[k]
+            fv = faces[k]
+            s = torch.where(area[k] > 0, 1.0, -1.0).to(torch.float64)
+            inside = torch.ones_like(px, dtype=torch.bool)
+            ws = []
+            for a_, b_ in ((1, 2), (2, 0), (0, 1)):
+                w, tl = _edge_torch(pk[:, a_, :2], pk[:, b_, :2], fv[:, a_], fv[:, b_], s, px, py)
+                inside &= (w > 0) | ((w == 0) & tl)
+                ws.append(w)
+            iz = (ws[0] * pk[:, 0, 2] + ws[1] * pk[:, 1, 2] + ws[2] * pk[:, 2, 2]) / area[k].abs()
+            iz32 = iz[inside].to(torch.float32)
+            pix = (ii * width + jj)[inside]
+            key = (iz32.view(torch.int32).to(torch.int64) << 32) | (0x7FFFFFFF - k[inside])
+            best.scatter_reduce_(0, pix, key, reduce="amax")
+        hit = best != torch.iinfo(torch.int64).min
+        fid = torch.full((height * width,), -1, dtype=torch.int64)
+        fid[hit] = 0x7FFFFFFF - (best[hit] & 0xFFFFFFFF)
+        fid_all[b] = fid.view(height, width)
+        # resolve
+        idx = hit.nonzero().squeeze(1)
+        k = fid[idx]
+        py = (idx // width).to(torch.float64) + 0.5
+        px = (idx % width).to(torch.float64) + 0.5
+        pk = p[k]
+        x, y, izv = pk[..., 0], pk[..., 1], pk[..., 2]
+        w0 = (x[:, 2] - x[:, 1]) * (py - y[:, 1]) - (y[:, 2] - y[:, 1]) * (px - x[:, 1])
+        w1 = (x[:, 0] - x[:, 2]) * (py - y[:, 2]) - (y[:, 0] - y[:, 2]) * (px - x[:, 2])
+        w2 = (x[:, 1] - x[:, 0]) * (py - y[:, 0]) - (y[:, 1] - y[:, 0]) * (px - x[:, 0])
+        q = torch.stack([w0 * izv[:, 0], w1 * izv[:, 1], w2 * izv[:, 2]], -1)
+        qs = q.sum(-1)
+        depth_all[b].view(-1)[idx] = ((w0 + w1 + w2) / qs).to(out_dtype)
+        bary_all[b].view(-1, 3)[idx] = (q / qs[:, None]).to(out_dtype)
+    return fid_all, depth_all, bary_all
