@@ -178,6 +178,101 @@ class BladeSaveParams:
 
 
 # ---------------------------------------------------------------- depth (stage 1)
+DEPTH_DOWNLOAD = "download: depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
+
+
+def _depth_model_choices() -> list[str]:
+    names = lib("depth").list_depth_models(model_dirs("blade"), model_dirs("depthanything"))
+    return names + [DEPTH_DOWNLOAD]
+
+
+class BladeLoadDepthNet:
+    CATEGORY = "BLADE/depth"
+    DESCRIPTION = ("Loads a depth model for BLADE Estimate Tz: the official BLADE checkpoint "
+                   "(epoch_2.pth in models/blade, learned pelvis depth) or a Depth Anything V2 "
+                   "metric model (transformers folder in models/depthanything, metric-depth "
+                   "fallback). Files are read safely; nothing is downloaded unless you pick the "
+                   "download entry.")
+    RETURN_TYPES = ("BLADE_DEPTHNET",)
+    RETURN_NAMES = ("depthnet",)
+    OUTPUT_TOOLTIPS = ("The depth model, for BLADE Estimate Tz.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (_depth_model_choices(), {
+                "tooltip": "blade/...: official BLADE checkpoint (non-commercial licence) or a "
+                           "converted .safetensors. depthanything/...: a Depth Anything V2 "
+                           "Metric model folder (config.json + model.safetensors). The download "
+                           "entry fetches the Metric-Indoor-Large model (about 1.3 GB, "
+                           "CC-BY-NC-4.0) into models/depthanything once."}),
+        }, "optional": {
+            "save_safetensors": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "For an official .pth: also write <name>.depthnet.safetensors beside "
+                           "it, which loads much faster next time."}),
+        }}
+
+    def load(self, model, save_safetensors=False):
+        depth = lib("depth")
+        if model == DEPTH_DOWNLOAD:
+            repo = model.split(": ", 1)[1]
+            local = [d / repo.split("/")[-1] for d in model_dirs("depthanything")]
+            path = next((p for p in local if (p / "config.json").is_file()), None)
+            if path is None:
+                path = depth.download_metric_model(repo, model_dirs("depthanything"))
+        else:
+            path = depth.find_depth_model(model, model_dirs("blade"), model_dirs("depthanything"))
+        net = depth.load_depth_model(path, save_safetensors=bool(save_safetensors))
+        return (net.to(torch_device()),)
+
+
+class BladeEstimateTz:
+    CATEGORY = "BLADE/depth"
+    DESCRIPTION = ("Stage 1: the pelvis depth Tz (camera-to-pelvis distance along the view "
+                   "axis, metres) of each image: BLADE's DepthNet on the person crop, the "
+                   "median metric depth inside the mask plus 0.10 m, or a typed distance.")
+    RETURN_TYPES = ("BLADE_TZ", "FLOAT")
+    RETURN_NAMES = ("tz", "tz_first")
+    OUTPUT_TOOLTIPS = ("Pelvis depth of every image, with validity flags and notes.",
+                       "Tz of the first image, metres (to display or reuse).")
+    FUNCTION = "estimate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        methods = list(lib("depth").METHODS)
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Photo(s) of one person; a batch is one call."}),
+            "method": (methods, {
+                "default": "auto",
+                "tooltip": "auto: depthnet with a BLADE checkpoint, metric_depth with a Depth "
+                           "Anything model, manual without a model. depthnet: BLADE's learned "
+                           "Tz. metric_depth: median depth in the mask + 0.10 m. manual: "
+                           "manual_tz for every image."}),
+            "manual_tz": ("FLOAT", {
+                "default": 3.0, "min": 0.05, "max": 1000.0, "step": 0.01,
+                "tooltip": "Camera-to-pelvis distance in metres, used by 'manual' (and by "
+                           "'auto' when no depth model is connected)."}),
+        }, "optional": {
+            "mask": ("MASK", {"tooltip": "Person mask (any size; resized to the image). "
+                                         "Without it the whole image is used, less reliably."}),
+            "depthnet": ("BLADE_DEPTHNET", {"tooltip": "Model from BLADE Load DepthNet."}),
+            "mask_threshold": ("FLOAT", {
+                "default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01,
+                "tooltip": "Mask values above this are person. 0 = any non-zero pixel, as "
+                           "BLADE; raise it for soft masks with faint background values."}),
+        }}
+
+    def estimate(self, image, method, manual_tz, mask=None, depthnet=None, mask_threshold=0.0):
+        depth = lib("depth")
+        cfg = depth.TzConfig(crop=depth.CropConfig(mask_threshold=float(mask_threshold)))
+        out = depth.estimate_tz(image.movedim(-1, 1), mask, method=method, model=depthnet,
+                                manual=float(manual_tz), cfg=cfg, progress=progress(3))
+        for message in out.messages:
+            log.warning("BLADE Estimate Tz: %s", message)
+        return (out, float(out.tz[0]))
+
 
 # ---------------------------------------------------------------- pose (stage 2)
 
