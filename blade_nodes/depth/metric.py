@@ -5,13 +5,15 @@ behind that surface, so
 
     Tz = median(depth over the eroded person mask) + surface_to_pelvis_m.
 
-Why these choices (numbers measured by ``bench/tz.py``, section "surface -> pelvis", on a
-synthetic body proxy with an exact depth map, i.e. geometry only, no network error):
+Why these choices (numbers from ``bench/tz.py`` section B: a body mesh rendered with an exact
+depth map, i.e. geometry only, no network error):
 - the median ignores the mask's boundary pixels where depth maps blend person and background
   (erosion by ``erode_px`` removes most of them first), and arms/legs sticking out;
-- for a standing person the median visible depth lies 0.08-0.14 m in front of the pelvis
-  depending on the body's yaw (front/back views ~0.10 m, side views more); 0.10 m is the
-  default correction. At 3 m that residual spread is about +-1.5 % of Tz.
+- on the open body (Anny, T-pose) at 2-8 m: the median visible depth lies
+  0.10 m in front of the pelvis seen from the front, 0.13 m at 45 deg yaw, 0.17-0.19 m from the
+  side (the near arm and hip), 0.10 m at 135 deg and 0.06 m from the back; independent of the
+  distance to within 5 mm. 0.10 m (the frontal value, and close to the 0.11 m mean over yaws)
+  is the default correction; the residual is -0.04..+0.09 m, i.e. about -1..+3 % of Tz at 3 m.
 - the depth network's own error dominates: Depth Anything V2 metric models are trained on one
   domain (Hypersim indoor, max 20 m; Virtual KITTI outdoor, max 80 m) and on full photos; their
   scale drifts with the unknown camera field of view. The map is therefore computed on the whole
