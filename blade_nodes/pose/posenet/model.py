@@ -395,7 +395,7 @@ class PoseNet(nn.Module):
         srcs.append(proj[len(feats)](feats[-1]))
         half = cfg.hidden_dim // 2
         poss = [sine_position_map(s.shape[2], s.shape[3], half, cfg.pos_temperature, s.device,
-                                  s.dtype) for s in srcs]
+                                  s.dtype).expand(s.shape[0], -1, -1, -1) for s in srcs]
         if tz is not None:
             poss = [p + m(tz)[..., None, None] for p, m in zip(poss[:-1], tz_pos)] + [poss[-1]]
         return srcs, poss
