@@ -16,11 +16,17 @@ try:  # ComfyUI-only modules; the pack also imports from a plain Python (tests)
     import folder_paths  # type: ignore
 except ImportError:
     folder_paths = None
-try:
-    import comfy.utils  # type: ignore
-    import comfy.model_management  # type: ignore
-except ImportError:
-    comfy = None
+
+
+def _comfy():
+    """ComfyUI's ``comfy`` package, or None outside ComfyUI (imported late: importing
+    comfy.model_management outside a configured server can fail on device checks)."""
+    try:
+        import comfy.utils  # type: ignore
+        import comfy.model_management  # type: ignore
+        return comfy
+    except Exception:
+        return None
 
 log = logging.getLogger("blade_nodes")
 
@@ -73,6 +79,7 @@ def input_dir() -> Path | None:
 
 def progress(total: int):
     """A progress(step, total) callback: updates ComfyUI's bar and raises on interrupt."""
+    comfy = _comfy()
     bar = comfy.utils.ProgressBar(total) if comfy is not None else None
 
     def update(step: int, n: int = total) -> None:
@@ -84,6 +91,7 @@ def progress(total: int):
 
 
 def torch_device():
+    comfy = _comfy()
     if comfy is not None:
         return comfy.model_management.get_torch_device()
     import torch
