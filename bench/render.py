@@ -6,7 +6,7 @@ size of SMPL-X (10,498 vertices / 20,992 faces), 3 m from the camera.
 Framings as in perf_anchors §1: "full" (height fills 95 % of the image, ~14 %
 coverage) and "close" (height 200 % of the image, upper body, ~35 % coverage).
 
-Timed per back-end: the whole public call ``rasterize(verts_cam, ...)``
+Timed calls are interleaved (one of each method per round). Timed per back-end: the whole public call ``rasterize(verts_cam, ...)``
 (projection, buffers, conversion to torch). Timed for the reference: its two
 kernels only, on pre-projected vertices, with preallocated outputs (24 B/px),
 as in perf_anchors §1. Reported: min / median ms, ratio of the mins to the
@@ -60,7 +60,7 @@ def body_mesh(n_lat: int = 83, n_lon: int = 128) -> tuple[torch.Tensor, torch.Te
             + 0.5 * torch.exp(-((h + 0.55) / 0.1) ** 2)
             - 0.15 * torch.exp(-((h - 0.05) / 0.1) ** 2))
     r = torch.sin(t) * prof
-    x = 0.19 * r * torch.cos(p) * (1 + 0.05 * torch.sin(7 * p) * torch.sin(9 * t))
+    x = 0.28 * r * torch.cos(p) * (1 + 0.05 * torch.sin(7 * p) * torch.sin(9 * t))
     z = 0.11 * r * torch.sin(p)
     y = 0.85 * h
     ring = torch.stack([x, y, z], -1).reshape(-1, 3)
@@ -188,19 +188,33 @@ def _reset_hwm() -> bool:
         return False
 
 
-def timeit(fn, reps: int):
-    """(min ms, median ms, transient peak MiB or nan) after 3 untimed calls."""
-    for _ in range(3):
+def timeit_interleaved(fns: dict, reps: int) -> dict:
+    """{name: (min ms, median ms, transient peak MiB)}.
+
+    Every function gets 3 untimed calls, then the timed calls are interleaved
+    (one of each per round) so that load from other processes on a shared
+    machine hits all methods alike; the ratios of the mins are the robust figure.
+    The transient peak is measured on one further call per function.
+    """
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    ts = {k: [] for k in fns}
+    for r in range(max(reps.values()) if isinstance(reps, dict) else reps):
+        for k, fn in fns.items():
+            if isinstance(reps, dict) and r >= reps[k]:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, fn in fns.items():
+        ok = _reset_hwm()
+        before = _rss_kib("VmRSS:")
         fn()
-    ok = _reset_hwm()
-    before = _rss_kib("VmRSS:")
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    peak = (_rss_kib("VmHWM:") - before) / 1024 if ok else float("nan")
-    return min(ts), statistics.median(ts), max(peak, 0.0)
+        peak = (_rss_kib("VmHWM:") - before) / 1024 if ok else float("nan")
+        out[k] = (min(ts[k]), statistics.median(ts[k]), max(peak, 0.0))
+    return out
 
 
 def main() -> None:
@@ -231,24 +245,28 @@ def main() -> None:
         fid = np.empty((size, size), np.int32)
         dep = np.empty((size, size), np.float32)
         bar = np.empty((size, size, 3), np.float32)
-        ref = timeit(lambda: ref_raster(pu, pv, piz, fn, zb, fid, dep, bar), args.reps)
-        cover = float((fid >= 0).mean())
-        rows.append((size, "numba reference (1 thread)", *ref, 1.0, cover))
-        ref_fid = torch.from_numpy(fid.astype(np.int64))
+        fns = {"ref": lambda: ref_raster(pu, pv, piz, fn, zb, fid, dep, bar)}
+        reps = {"ref": args.reps}
         for be in backends:
             dev = "cuda" if be == "nvdiffrast" else "cpu"
-            args_ = (vc.to(dev), faces.to(dev), f.to(dev), pp.to(dev), size, size)
+            a = (vc.to(dev), faces.to(dev), f.to(dev), pp.to(dev), size, size)
             sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
-            def call():
-                out = rasterize(*args_, backend=be)
+            def call(a=a, be=be, sync=sync):
+                out = rasterize(*a, backend=be)
                 sync()
                 return out
-            reps = args.reps if not (be == "torch" and size >= 1024) else max(3, args.reps // 3)
-            res = timeit(call, reps)
-            fr = call()
+            fns[be] = call
+            reps[be] = args.reps if not (be == "torch" and size >= 1024) else max(3, args.reps // 3)
+        res = timeit_interleaved(fns, reps)
+        fns["ref"]()
+        cover = float((fid >= 0).mean())
+        ref_fid = torch.from_numpy(fid.astype(np.int64))
+        rows.append((size, "numba reference (1 thread)", *res["ref"], 1.0, cover))
+        for be in backends:
+            fr = fns[be]()
             agree = float((fr.face_id[0].cpu() == ref_fid).float().mean())
-            rows.append((size, f"blade_nodes {be}", *res, res[0] / ref[0], agree))
+            rows.append((size, f"blade_nodes {be}", *res[be], res[be][0] / res["ref"][0], agree))
     print()
     print("| size | method | ms min | ms median | x ref (min) | transient peak MiB | "
           "coverage (ref) / face-id agreement |")
