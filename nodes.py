@@ -289,6 +289,75 @@ class BladeEstimateTz:
 # ---------------------------------------------------------------- render (stage 4)
 
 # ---------------------------------------------------------------- export / io
+def _export_formats() -> list[str]:
+    return ["glb", "bvh"] + (["fbx"] if lib("io.blender").fbx_available() else [])
+
+
+class BladeExportAnimation:
+    CATEGORY = "BLADE/io"
+    DESCRIPTION = ("Exports the batch for Blender and other DCC tools: a rigged glTF (.glb) with "
+                   "the SMPL-X skeleton, one keyframe per image and the solved camera, or BVH "
+                   "(skeleton + motion), or FBX through Blender when 'bpy' is installed. "
+                   "Files go into the output folder only.")
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Path of the file written, relative to the output folder.",)
+    FUNCTION = "export"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        fbx_note = ("" if lib("io.blender").fbx_available() else
+                    " fbx is hidden: " + lib("io.blender").WHY_NO_FBX)
+        return {"required": {
+            "smplx": ("BLADE_SMPLX", {"tooltip": "SMPL-X parameters, one keyframe per image "
+                                                 "(a video batch becomes an animation)."}),
+            "body_model": ("BLADE_BODY_MODEL", {"tooltip": "The body model: its shaped rest mesh, "
+                                                           "skeleton and skinning weights are "
+                                                           "exported."}),
+            "format": (_export_formats(), {"default": "glb", "tooltip":
+                "glb: rigged mesh (4 skinning weights per vertex, no pose correctives), "
+                "animation and camera, opens in Blender (File > Import > glTF). bvh: skeleton "
+                "and motion only, metres times bvh_scale. fbx: the glb converted by Blender "
+                "(the glb is kept beside it)." + fbx_note}),
+            "fps": ("FLOAT", {"default": 30.0, "min": 0.01, "max": 1000.0, "step": 0.01,
+                              "tooltip": "Frame rate of the animation: image i is at i / fps "
+                                         "seconds."}),
+            "filename_prefix": ("STRING", {"default": "blade/animation", "tooltip":
+                "File name inside the output folder; sub-folders allowed, '..' is not."}),
+        }, "optional": {
+            "camera": ("BLADE_CAMERA", {"tooltip":
+                "Solved camera: stored as a glTF perspective camera at the origin (vertical FoV "
+                "and aspect ratio from f and the image size; a focal length changing per frame "
+                "is animated). glTF cannot store a principal point away from the image centre: "
+                "cx, cy, f (pixels) and Blender's lens shift are kept in the camera's extras. "
+                "In Blender set the render size to the image size. Without a camera the body "
+                "stays at the origin."}),
+            "bvh_scale": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1000.0, "step": 0.001,
+                                    "tooltip": "BVH units per metre (1 = metres, 100 = "
+                                               "centimetres)."}),
+        }}
+
+    def export(self, smplx, body_model, format, fps, filename_prefix, camera=None, bvh_scale=1.0):
+        io = lib("io")
+        root = output_dir()
+        if format == "fbx" and not lib("io.blender").fbx_available():
+            raise ValueError(lib("io.blender").WHY_NO_FBX)
+        if format not in ("glb", "bvh", "fbx"):
+            raise ValueError(f"format: expected glb, bvh or fbx, got {format!r}")
+        path = io.output_path(filename_prefix, format, root)  # checks the prefix first
+        if format == "bvh":
+            report = lib("io.bvh").export_bvh(path, body_model, smplx, camera, fps, bvh_scale)
+        else:
+            glb = path.with_suffix(".glb")
+            report = lib("io.gltf").export_glb(glb, body_model, smplx, camera, fps)
+            if format == "fbx":
+                lib("io.blender").glb_to_fbx(glb, path)
+        io.inside(root, path)
+        rel = path.resolve().relative_to(Path(root).resolve()).as_posix()
+        log.info("%s", report.text())
+        return {"ui": {"text": [rel, report.text()]}, "result": (rel,)}
+
 
 # ---------------------------------------------------------------- registration
 def _node_classes() -> dict[str, type]:
