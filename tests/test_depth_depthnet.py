@@ -13,6 +13,9 @@ from blade_nodes.depth.depthnet import (IGNORED_OFFICIAL, VITL, BladeDepthNet, C
 from blade_nodes.depth.models import load_depth_model
 from conftest import SHARED
 
+pytest.importorskip("transformers", reason="transformers (pinned 5.23.0) is not installed; "
+                    "it is a requirement of the depth stage")
+
 FIX = SHARED / "fixtures" / "blade_depthnet"
 pytestmark = pytest.mark.skipif(not (FIX / "tiny_state_dict.safetensors").is_file(),
                                 reason=f"golden fixtures missing: {FIX}")

@@ -14,6 +14,9 @@ from blade_nodes.depth.preprocess import (CropConfig, mask_boxes, normalize, pre
 from blade_nodes.depth.tz import PelvisDepth, estimate_tz, manual_tz
 from conftest import SHARED
 
+pytest.importorskip("transformers", reason="transformers (pinned 5.23.0) is not installed; "
+                    "it is a requirement of the depth stage")
+
 PRE = SHARED / "fixtures" / "blade_depthnet" / "preprocess_io.safetensors"
 
 TINY = DepthNetConfig(hidden_size=32, num_layers=4, num_heads=2, image_size=56,
