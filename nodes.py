@@ -287,6 +287,169 @@ class BladeEstimateTz:
 # ---------------------------------------------------------------- camera (stage 3)
 
 # ---------------------------------------------------------------- render (stage 4)
+class BladeRender:
+    CATEGORY = "BLADE/render"
+    DESCRIPTION = ("Stage 4: ControlNet-ready maps of the body seen by its solved cameras, at "
+                   "the cameras' image size, every frame with its own camera: depth (inverse, "
+                   "near bright; depth ControlNets), normal (normalbae by default; "
+                   "control_v11p_sd15_normalbae, xinsir union 'normal'), silhouette mask, "
+                   "OpenPose (annotator style; openpose ControlNets) with the same people as "
+                   "POSE_KEYPOINT, the shaded mesh over the photo, and a DensePose-style part "
+                   "map. Body-only depth maps can push a model towards undressed bodies: use "
+                   "a prompt or a lower ControlNet strength.")
+    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "IMAGE", "POSE_KEYPOINT", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("depth", "normal", "silhouette", "openpose", "pose_keypoint", "overlay",
+                    "densepose")
+    OUTPUT_TOOLTIPS = (
+        "Inverse depth (near bright), normalised inside the person, background black.",
+        "Surface normals coloured by normal_convention.",
+        "Silhouette of the body, 1 = body.",
+        "OpenPose map: 18 body points, hands, face, in the controlnet_aux style.",
+        "The same keypoints, one dict per frame, pixel coordinates, c = 1.0 for visible "
+        "points (for pose editors and Render Pose JSON).",
+        "The shaded body over the image (grey when no image is given), to check alignment.",
+        "DensePose-style 24-part map (approximate split from the skinning weights) coloured "
+        "by part_colormap.")
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        maps = lib("render.maps")
+        return {"required": {
+            "smplx": ("BLADE_SMPLX", {"tooltip": "SMPL-X parameters, one set per frame."}),
+            "body_model": ("BLADE_BODY_MODEL", {"tooltip": "The body model of the parameters."}),
+            "camera": ("BLADE_CAMERA", {"tooltip": "One camera per frame (or one for all); the "
+                                                   "maps have its image size."}),
+        }, "optional": {
+            "image": ("IMAGE", {"tooltip": "Photo(s) under the overlay; resized to the camera's "
+                                           "size if needed. Without it the overlay is on grey."}),
+            "depth_normalize": (list(maps.DEPTH_NORMALIZE), {
+                "default": "frame",
+                "tooltip": "frame: near..far of each frame spans the full range. batch: one "
+                           "range for the whole batch, so a video does not flicker."}),
+            "depth_floor": ("FLOAT", {
+                "default": 0.15, "min": 0.0, "max": 0.95, "step": 0.01,
+                "tooltip": "Brightness of the farthest body pixel (nearest = 1, background = "
+                           "0), so the body never merges with the black background. 0 = "
+                           "plain min-max as the MiDaS annotator."}),
+            "normal_convention": (list(maps.NORMAL_CONVENTIONS), {
+                "default": "normalbae",
+                "tooltip": "normalbae: ScanNet/BAE colours (red = facing left, green = up, blue "
+                           "= toward the camera) for control_v11p_sd15_normalbae and SDXL union "
+                           "'normal'. dsine: DSINE annotator output (same colours). opengl: "
+                           "OpenGL normal-map colours (red = facing right), as core's SAM 3D "
+                           "Body normals and Blender/Unity."}),
+            "normal_background": (list(maps.NORMAL_BACKGROUNDS), {
+                "default": "black",
+                "tooltip": "black: (0, 0, 0) outside the body (BAE's 'invalid'). flat: the "
+                           "camera-facing colour (128, 128, 255)."}),
+            "draw_hands": ("BOOLEAN", {"default": True,
+                                       "tooltip": "Draw the hands in the OpenPose map (and "
+                                                  "write them in POSE_KEYPOINT)."}),
+            "draw_face": ("BOOLEAN", {"default": True,
+                                      "tooltip": "Draw the face points in the OpenPose map (and "
+                                                 "write them in POSE_KEYPOINT)."}),
+            "hide_occluded": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Also hide keypoints behind the body (more than 0.15 m behind the "
+                           "visible surface). Off: every keypoint inside the frame is drawn, "
+                           "as OpenPose usually does."}),
+            "xinsir_sticks": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Thicker limbs for xinsir's SDXL OpenPose ControlNet (same rule as "
+                           "controlnet_aux's scale_stick_for_xinsr_cn)."}),
+            "overlay_opacity": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.05,
+                                          "tooltip": "Opacity of the body in the overlay."}),
+            "part_colormap": (list(maps.PART_COLORMAPS), {
+                "default": "viridis",
+                "tooltip": "viridis: MagicAnimate DensePose colours (purple background). "
+                           "parula: the CivitAI DensePose ControlNet (black background)."}),
+        }}
+
+    def render(self, smplx, body_model, camera, image=None, depth_normalize="frame",
+               depth_floor=0.15, normal_convention="normalbae", normal_background="black",
+               draw_hands=True, draw_face=True, hide_occluded=False, xinsir_sticks=False,
+               overlay_opacity=0.8, part_colormap="viridis"):
+        import json
+        r = lib("render.render")
+        cfg = r.RenderConfig(depth_normalize=depth_normalize, depth_floor=float(depth_floor),
+                             normal_convention=normal_convention,
+                             normal_background=normal_background, draw_hands=bool(draw_hands),
+                             draw_face=bool(draw_face), hide_occluded=bool(hide_occluded),
+                             xinsir_sticks=bool(xinsir_sticks),
+                             overlay_opacity=float(overlay_opacity), part_colormap=part_colormap)
+        b = max(smplx.batch_size, camera.batch_size)
+        img = image.movedim(-1, 1) if image is not None else None
+        out = r.render_maps(body_model, smplx, camera, img, cfg, progress=progress(b))
+        hwc = lambda t: t.movedim(1, -1).contiguous().float().cpu()  # noqa: E731
+        depth = out.depth[..., None].expand(-1, -1, -1, 3).contiguous()
+        result = (depth, hwc(out.normal), out.mask.float().cpu(), hwc(out.openpose),
+                  out.pose_keypoint, hwc(out.overlay), hwc(out.parts))
+        return {"ui": {"openpose_json": [json.dumps(out.pose_keypoint)]}, "result": result}
+
+
+class BladeSaveMesh:
+    CATEGORY = "BLADE/render"
+    DESCRIPTION = ("Writes the posed body of every frame as a mesh (GLB, OBJ or PLY) into the "
+                   "output folder, in the solved camera's view (y up, camera at the origin "
+                   "looking down -z), and gives the path and a camera for core Preview 3D so "
+                   "the preview opens from the solved viewpoint.")
+    RETURN_TYPES = ("STRING", "LOAD3D_CAMERA")
+    RETURN_NAMES = ("model_file", "camera_info")
+    OUTPUT_TOOLTIPS = ("Path of the preview frame's file relative to the output folder "
+                       "(connect to Preview 3D's model_file).",
+                       "Preview 3D camera at the solved viewpoint (its 'fov' key is the photo's "
+                       "vertical field of view, to set in the viewer).")
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "smplx": ("BLADE_SMPLX", {"tooltip": "SMPL-X parameters, one set per frame."}),
+            "body_model": ("BLADE_BODY_MODEL", {"tooltip": "The body model of the parameters."}),
+        }, "optional": {
+            "camera": ("BLADE_CAMERA", {"tooltip": "Solved cameras: the mesh is written in the "
+                                                   "camera's view. Without it the body sits at "
+                                                   "the origin."}),
+            "format": (list(lib("io.mesh").MESH_FORMATS), {
+                "default": "glb", "tooltip": "glb (Preview 3D, Blender), obj or ply."}),
+            "filename_prefix": ("STRING", {"default": "blade/mesh",
+                                           "tooltip": "File name inside the output folder; "
+                                                      "sub-folders allowed, '..' is not. One "
+                                                      "numbered file per frame."}),
+            "preview_frame": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                      "tooltip": "Which frame's file and camera go to the "
+                                                 "outputs (clamped to the batch)."}),
+        }}
+
+    def save(self, smplx, body_model, camera=None, format="glb", filename_prefix="blade/mesh",
+             preview_frame=0):
+        import torch
+        mesh = lib("io.mesh")
+        with torch.no_grad():
+            verts = body_model(smplx).vertices.detach().cpu()
+        b = verts.shape[0]
+        if camera is not None:
+            if camera.batch_size not in (1, b) and b != 1:
+                raise ValueError(f"camera: expected 1 or {b} cameras (one per frame), got "
+                                 f"{camera.batch_size}")
+            n = max(b, camera.batch_size)
+            verts = verts.expand(n, -1, -1) if b == 1 else verts
+            t = camera.translation.detach().cpu().to(verts.dtype)
+            verts = verts + (t.expand(n, 3) if t.shape[0] == 1 else t)[:, None]
+        root = output_dir()
+        paths = mesh.export_meshes(verts, body_model.faces, filename_prefix, format, root)
+        k = min(int(preview_frame), len(paths) - 1)
+        if camera is not None:
+            ci = min(k, camera.batch_size - 1)
+            info = mesh.load3d_camera(verts[k], float(camera.focal[ci]),
+                                      int(camera.image_size[ci, 1]))
+        else:
+            info = mesh.load3d_camera(None)
+        rel = [mesh.relative_to_output(p, root) for p in paths]
+        return {"ui": {"text": rel}, "result": (rel[k], info)}
+
 
 # ---------------------------------------------------------------- export / io
 def _export_formats() -> list[str]:
