@@ -78,12 +78,14 @@ def _unused_head_index(model: nn.Module):
 
 
 def remap(state: dict[str, Tensor], model: PoseNet) -> tuple[dict[str, Tensor], list[str]]:
-    """Official PoseNet state dict -> (this model's state dict, dropped unused keys)."""
+    """Official PoseNet state dict -> (this model's state dict, dropped unused keys as named in
+    ``state``). Keys outside ``pose_backbone.`` are ignored silently (other BLADE networks)."""
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-    if any(k.startswith(PREFIX) for k in state):
-        state = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    names = {(k[7:] if k.startswith("module.") else k): k for k in state}
+    if any(k.startswith(PREFIX) for k in names):
+        names = {k[len(PREFIX):]: o for k, o in names.items() if k.startswith(PREFIX)}
+    state = {k: state[o] for k, o in names.items()}
     unused = _unused_head_index(model)
     out: dict[str, Tensor] = {}
     dropped: list[str] = []
@@ -92,7 +94,7 @@ def remap(state: dict[str, Tensor], model: PoseNet) -> tuple[dict[str, Tensor], 
         value = state[key]
         new = canonical_key(key)
         if _ALWAYS_UNUSED.search(new) or unused(new):
-            dropped.append(key)
+            dropped.append(names[key])
         elif new not in out:
             out[new] = value
     return out, dropped
