@@ -396,7 +396,7 @@ def test_nvdiffrast_conversion_with_emulated_rasterizer(monkeypatch):
 
 
 @pytest.mark.skipif(not _nvdiffrast.available(),
-                    reason="needs nvdiffrast and a CUDA device (pip install -r requirements-gpu.txt "
+                    reason="needs nvdiffrast and a CUDA device (pip install 'blade-nodes[gpu]' "
                            "on a machine with an NVIDIA GPU)")
 def test_nvdiffrast_matches_cpu_on_gpu():
     verts, faces = uv_sphere(40, 60, 0.4)

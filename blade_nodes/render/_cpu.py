@@ -8,9 +8,9 @@ Two implementations of the same rules (see ``raster.py`` for the rules):
   barycentrics from the winning face (a visibility buffer). Chosen by
   measurement: ``bench/render.py``.
 - ``raster_torch``: a vectorised torch fallback used only when numba is not
-  installed (5-10x slower; see ``bench/render.py``).
+  installed (20-80x slower than numba; see ``bench/render.py``).
 
-Both are deterministic: equal 1/z keeps the lower face id.
+Both are deterministic: equal 1/z (as float32) keeps the lower face id.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover - exercised only without numba
     _numba = None
 
 HAVE_NUMBA = _numba is not None
-_ZDTYPE = np.float32
+_ZDTYPE = np.float32  # z-buffer of 1/z: float32 halves its memory traffic
+_ZCAST = np.float32
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +164,9 @@ def _visibility(proj, faces, keep, zbuf, fid):
                 w1 = r1 - dy1 * (px - ox1)
                 w2 = r2 - dy2 * (px - ox2)
                 if w0 >= t0 and w1 >= t1 and w2 >= t2:
-                    iz = w0 * iz0 + w1 * iz1 + w2 * iz2
+                    # depth test on 1/z rounded to the z-buffer's dtype (float32):
+                    # equal values keep the earlier (lower) face id
+                    iz = _ZCAST(w0 * iz0 + w1 * iz1 + w2 * iz2)
                     if iz > zbuf[i, j]:
                         zbuf[i, j] = iz
                         fid[i, j] = k
