@@ -39,7 +39,8 @@ ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 PRINCIPAL_NOTE = ("glTF cameras cannot store a principal point away from the image centre: "
                   "the file's camera assumes (W/2, H/2). cx, cy and f are kept here in pixels; "
                   "in Blender set the camera's shift_x/shift_y to the values given here to "
-                  "restore the off-centre principal point (render size W x H).")
+                  "restore the off-centre principal point (render size W x H, sensor fit "
+                  "Vertical as the glTF importer sets it).")
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,9 @@ def camera_gltf(camera) -> tuple[dict, np.ndarray, list[str]]:
     off = np.abs(pp - np.array([w / 2, h / 2])).max()
     if off > 0.5:
         extras["principal_point_note"] = PRINCIPAL_NOTE
-        extras["blender_shift_x"] = as_value((w / 2 - pp[:, 0]) / max(w, h))
-        extras["blender_shift_y"] = as_value((pp[:, 1] - h / 2) / max(w, h))
+        # Blender's glTF importer sets sensor_fit VERTICAL: lens shift is in units of H
+        extras["blender_shift_x"] = as_value((w / 2 - pp[:, 0]) / h)
+        extras["blender_shift_y"] = as_value((pp[:, 1] - h / 2) / h)
         notes.append(f"principal point up to {off:.1f} px away from the image centre: glTF cannot "
                      "store it (see the camera's extras for cx, cy and Blender's lens shift)")
     cam = {"type": "perspective", "name": "blade_camera",

@@ -237,7 +237,8 @@ class SkinError:
 
     Attributes:
         mean_mm, max_mm: [B] vertex distance, millimetres.
-        mean_px, max_px: [B] image distance through the camera, pixels (None without camera).
+        mean_px, max_px: [B] image distance through the camera, pixels, over the vertices
+            more than 5 cm in front of the camera (None without camera).
     """
     mean_mm: np.ndarray
     max_mm: np.ndarray
@@ -267,5 +268,7 @@ def skin_error(rig: Rig, body_model, params, chunk: int = 32) -> SkinError:
         uv_a = project_points(torch.from_numpy(ours), cam.focal, cam.principal)
         uv_b = project_points(torch.from_numpy(full), cam.focal, cam.principal)
         e = (uv_a - uv_b).norm(dim=-1).numpy()
-        mean_px, max_px = e.mean(1), e.max(1)
+        front = (full[..., 2] > 0.05) & (ours[..., 2] > 0.05)
+        e = np.where(front, e, np.nan)
+        mean_px, max_px = np.nanmean(e, 1), np.nanmax(e, 1)  # NaN: no vertex in front
     return SkinError(d.mean(1), d.max(1), mean_px, max_px)
