@@ -241,3 +241,16 @@ def test_cache_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv("BLADE_CACHE_DIR", str(tmp_path / "cache"))
     p = ob.open_body_path()
     assert p.name == ob.FILE_NAME and str(p).startswith(str(tmp_path / "cache"))
+
+
+def test_face_landmarks_are_laid_out_like_ibug(body):
+    j = _forward(body).joints[0]
+    lm = j[76:127]          # iBUG 17..67
+    y = lambda k: float(lm[k - 17, 1])  # noqa: E731
+    x = lambda k: float(lm[k - 17, 0])  # noqa: E731
+    assert min(y(k) for k in range(17, 27)) > max(y(k) for k in range(36, 48))  # brows > eyes
+    assert min(y(k) for k in range(36, 48)) > y(30) > max(y(k) for k in range(48, 68))
+    assert x(36) < x(39) < 0 < x(42) < x(45)     # subject's right eye at -X
+    assert x(48) < x(51) < x(54)
+    head_z = float(j[IX["head"], 2])
+    assert float(lm[:, 2].min()) > head_z + 0.03, "landmarks lie on the front of the face"

@@ -117,7 +117,7 @@ from typing import Callable
 
 import numpy as np
 
-FORMAT_VERSION = 2  # bump whenever the file's content changes (it is part of the cache path)
+FORMAT_VERSION = 3  # bump whenever the file's content changes (it is part of the cache path)
 FILE_NAME = "BLADE_OPEN_BODY.npz"
 BODY_KIND = "open-body-anny"
 
@@ -514,7 +514,7 @@ def build_open_body(out_path: str | Path | None = None,
     kp_points = {n: kp_w[i] @ v_template for i, n in enumerate(kp_names)}
     vertex_ids = _extra_vertex_ids(v_template, j_template, weights, kp_points)
     faces = model.faces.numpy().astype(np.int64)
-    lmk_faces, lmk_bary = face_landmarks(v_template, faces, j_template, kp_points)
+    lmk_faces, lmk_bary = face_landmarks(v_template, faces, j_template, kp_points, weights)
     step(5)
 
     nv = v_template.shape[0]
@@ -552,16 +552,87 @@ def build_open_body(out_path: str | Path | None = None,
 
 
 # --------------------------------------------------------------------------- landmarks
-def face_landmarks(verts, faces, joints, kp_points):
-    """SMPL-X's 51 static face landmarks (iBUG 17-67) on the open body's face.
+# iBUG-68 landmarks 17-67 (SMPL-X's 51 static landmarks) in a frontal face frame: x toward
+# the subject's left (+X), y up, unit = half the distance between the eyeball centres,
+# origin = midpoint of the eyeball centres. Rows are (x, y, anchor): anchor "eye" = relative
+# to the eye line, "nose" = relative to the nose tip, "mouth" = relative to the mouth centre.
+_BROW_R = [(-1.75, 0.55), (-1.45, 0.80), (-1.05, 0.90), (-0.70, 0.87), (-0.35, 0.78)]
+_EYE_R = [(-1.45, 0.0), (-1.15, 0.17), (-0.80, 0.17), (-0.55, 0.0), (-0.80, -0.15),
+          (-1.15, -0.15)]
+_LANDMARK_LAYOUT = (
+    [(x, y, "eye") for x, y in _BROW_R]                                       # 17-21
+    + [(-x, y, "eye") for x, y in reversed(_BROW_R)]                          # 22-26
+    + [(0.0, t, "bridge") for t in (0.0, 1 / 3, 2 / 3, 1.0)]                  # 27-30
+    + [(x, -0.28, "nose") for x in (-0.55, -0.28, 0.0, 0.28, 0.55)]           # 31-35
+    + [(x, y, "eye") for x, y in _EYE_R]                                      # 36-41
+    + [(-x, y, "eye") for x, y in (_EYE_R[3], _EYE_R[2], _EYE_R[1], _EYE_R[0],
+                                   _EYE_R[5], _EYE_R[4])]                     # 42-47
+    + [(x, y, "mouth") for x, y in (                                          # 48-59
+        (-0.80, 0.0), (-0.50, 0.20), (-0.18, 0.30), (0.0, 0.27), (0.18, 0.30), (0.50, 0.20),
+        (0.80, 0.0), (0.50, -0.25), (0.20, -0.35), (0.0, -0.37), (-0.20, -0.35),
+        (-0.50, -0.25))]
+    + [(x, y, "mouth") for x, y in (                                          # 60-67
+        (-0.65, 0.0), (-0.25, 0.05), (0.0, 0.05), (0.25, 0.05), (0.65, 0.0), (0.25, -0.05),
+        (0.0, -0.05), (-0.25, -0.05))]
+)
 
-    Placeholder until refined: every landmark on the face nearest the nose keypoint.
+
+def _front_hit(verts, faces, face_ok, x, y):
+    """(face index, barycentrics) of the front-most (+Z) face under the point (x, y)."""
+    tri = verts[faces[face_ok]][:, :, :2]
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+    den = np.where(np.abs(den) < 1e-15, 1e-15, den)
+    l1 = ((b[:, 1] - c[:, 1]) * (x - c[:, 0]) + (c[:, 0] - b[:, 0]) * (y - c[:, 1])) / den
+    l2 = ((c[:, 1] - a[:, 1]) * (x - c[:, 0]) + (a[:, 0] - c[:, 0]) * (y - c[:, 1])) / den
+    l3 = 1.0 - l1 - l2
+    inside = (l1 >= -1e-9) & (l2 >= -1e-9) & (l3 >= -1e-9)
+    if not inside.any():
+        raise ValueError(f"no face under landmark ({x:.3f}, {y:.3f})")
+    zs = verts[faces[face_ok]][:, :, 2]
+    z = l1 * zs[:, 0] + l2 * zs[:, 1] + l3 * zs[:, 2]
+    k = int(np.argmax(np.where(inside, z, -np.inf)))
+    return int(np.nonzero(face_ok)[0][k]), np.array([l1[k], l2[k], l3[k]])
+
+
+def face_landmarks(verts, faces, joints, kp_points, weights):
+    """SMPL-X's 51 static face landmarks (iBUG 17-67) placed on the open body's face.
+
+    A frontal template (:data:`_LANDMARK_LAYOUT`) is scaled to the eyeball centres, the
+    nose tip (Anny's COCO nose) and the mouth line (where the jaw stand-in's weight crosses
+    0.5 in front of the face), then projected along -Z onto the front-most face surface.
     Returns (faces [51] int64, barycentrics [51, 3]).
     """
-    nose = kp_points["nose"]
-    centers = verts[faces].mean(1)
-    fi = int(np.argmin(np.linalg.norm(centers - nose, axis=1)))
-    return np.full(51, fi, np.int64), np.tile([1 / 3, 1 / 3, 1 / 3], (51, 1))
+    ix = {n: i for i, n in enumerate(SMPLX_JOINT_NAMES)}
+    el, er = joints[ix["left_eye_smplhf"]], joints[ix["right_eye_smplhf"]]
+    centre = 0.5 * (el + er)
+    unit = 0.5 * float(el[0] - er[0])
+    nose_y = (float(kp_points["nose"][1]) - centre[1]) / unit
+    head_w = weights[:, [ix["head"], ix["jaw"], ix["left_eye_smplhf"], ix["right_eye_smplhf"]]]
+    on_head = head_w.sum(1) > 0.5
+    jaw = weights[:, ix["jaw"]]
+    midline = on_head & (np.abs(verts[:, 0] - centre[0]) < 0.25 * unit) & \
+        (verts[:, 2] > centre[2]) & (verts[:, 1] < kp_points["nose"][1])
+    lip = midline & (np.abs(jaw - 0.5) < 0.25)
+    if lip.any():  # the front-most lip vertices mark the mouth line
+        front = verts[lip, 2] >= verts[lip, 2].max() - 0.01
+        mouth_y = (float(verts[lip][front, 1].mean()) - centre[1]) / unit
+    else:
+        mouth_y = nose_y - 1.05
+    n = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    face_ok = on_head[faces].all(1) & (n[:, 2] > 0)
+    out_f, out_b = [], []
+    for x, y, anchor in _LANDMARK_LAYOUT:
+        if anchor == "bridge":
+            y = y * nose_y
+        elif anchor == "nose":
+            y = y + nose_y
+        elif anchor == "mouth":
+            y = y + mouth_y
+        f, bary = _front_hit(verts, faces, face_ok, centre[0] + x * unit, centre[1] + y * unit)
+        out_f.append(f)
+        out_b.append(bary)
+    return np.asarray(out_f, np.int64), np.asarray(out_b)
 
 
 def file_digest(path: str | Path) -> str:
