@@ -364,7 +364,12 @@ def fill_circle(img: np.ndarray, center: tuple[int, int], radius: int, color) ->
 
 def thick_line(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], color,
                thickness: int) -> None:
-    """Port of OpenCV's ``ThickLine`` for thickness > 1 (LINE_8, round caps)."""
+    """Port of OpenCV's ``ThickLine`` for thickness > 1 (LINE_8, round caps).
+
+    Pixel-exact against OpenCV for end points inside the image (the only case the
+    annotator draws: hand edges join visible points); lines clipped at the border may
+    differ by a few outline pixels.
+    """
     x0, y0 = p0[0] << _XY_SHIFT, p0[1] << _XY_SHIFT
     x1, y1 = p1[0] << _XY_SHIFT, p1[1] << _XY_SHIFT
     dx = (x0 - x1) / _XY_ONE
