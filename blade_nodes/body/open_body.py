@@ -56,7 +56,8 @@ with plain smplx only the 55 skeleton joints are meaningful (and joints 55+ are 
 Betas (``shapedirs`` columns): each beta moves one Anny phenotype away from the base body,
 ``phenotype = base + unit * beta`` (the direction is the chord from beta = -2 to +2, posed
 into the T-pose; Anny's phenotype blend is piecewise linear, so ±2 reproduces Anny within
-millimetres to a few centimetres):
+round-off for height, gender, age and proportions, and within 7 / 14 mm for weight /
+muscle, whose blend has a kink at 0.5; see docs/open_body.md):
 
 ====  ============  =====  =====  =====================================================
 beta  phenotype     base   unit   meaning of +1 (about one adult standard deviation)
@@ -65,7 +66,7 @@ beta  phenotype     base   unit   meaning of +1 (about one adult standard deviat
 1     weight        0.50   0.20   heavier
 2     muscle        0.50   0.20   more muscular
 3     gender        0.50   0.25   more female (-2 = Anny's male, +2 = female)
-4     age           0.78   0.05   older (-2 about 16, 0 about 26, +2 about 80 years)
+4     age           0.78   0.05   older (-2 about 16, 0 about 26, +2 about 78 years)
 5     proportions   0.50   0.20   less ideal, more "uncommon" proportions
 ====  ============  =====  =====  =====================================================
 
