@@ -40,8 +40,9 @@ class RenderConfig:
         depth_floor: value of the farthest body pixel in the depth map, 0..1.
         normal_convention: "normalbae" (default), "opengl" or "dsine" (maps.py).
         normal_background: "black" or "flat" (camera-facing colour).
-        draw_body, draw_hands, draw_face: parts of the OpenPose map (and of POSE_KEYPOINT:
-            a part that is not drawn is null there).
+        draw_body, draw_hands, draw_face: parts of the OpenPose map. Hands and face not
+            drawn are null in POSE_KEYPOINT; the body is always written there (the
+            controlnet_aux renderer cannot take a null body).
         xinsir_sticks: thicker limbs for xinsir's SDXL OpenPose ControlNet.
         hide_occluded: also hide keypoints behind the body (module doc).
         occlusion_tolerance: metres, see module doc.
@@ -332,9 +333,6 @@ def render_maps(body_model, params, camera, image: Tensor | None = None,
         openpose_img[i] = torch.from_numpy(canvas).permute(2, 0, 1).float() / 255
         frame = openpose.pose_keypoint_frame(people, height, width, hands=cfg.draw_hands,
                                              face=cfg.draw_face)
-        if not cfg.draw_body:
-            for p in frame["people"]:
-                p["pose_keypoints_2d"] = None
         pose_kps.append(frame)
         if progress is not None:
             progress(i + 1, b)
