@@ -65,16 +65,17 @@ class SolveConfig:
             "none" (f = max(H, W), T = (0, 0, Tz)).
         fallback_tz: metres, used (and the frame flagged) when Tz is NaN or <= 0.
         min_mask_pixels: masks with fewer pixels are flagged as empty.
+        min_level_size: smallest long side of a coarse level, pixels.
     """
 
     iterations: int = 60
     stages: tuple[tuple[float, float, float], ...] = (
-        (0.25, 2.0, 0.3), (0.5, 1.0, 0.3), (1.0, 0.7, 0.4))
+        (0.25, 2.0, 0.3), (0.5, 1.0, 0.3), (1.0, 0.0, 0.4))
     max_size: int = 512
     opt_tz: bool = False
     opt_pose: bool = False
     backend: str = "auto"
-    lr_f: float = 0.02
+    lr_f: float = 0.01
     lr_t: float = 0.01
     lr_tz: float = 0.02
     lr_pose: float = 0.01
@@ -87,6 +88,7 @@ class SolveConfig:
     init: str = "auto"
     fallback_tz: float = 3.0
     min_mask_pixels: int = 16
+    min_level_size: int = 96
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -151,9 +153,22 @@ def _soft_iou(p: Tensor, g: Tensor) -> Tensor:
     return (inter + 1e-6) / ((p + g - p * g).sum() + 1e-6)
 
 
+def _silhouette_loss(sil: Tensor, target_b: Tensor, sigma: float) -> Tensor:
+    """Differentiable stage loss on full images (the CUDA path); see :func:`_iou_surrogate`."""
+    G = _blur(sil, sigma)
+    if sigma > 0:
+        return ((G - target_b) ** 2).sum() / target_b.sum().clamp_min(1.0)
+    return 1 - _soft_iou(G, target_b)
+
+
 def _iou_surrogate(terms: EdgeTerms, target_b: Tensor, support: Tensor, sigma: float) -> Tensor:
-    """A scalar whose value is 1 - soft IoU(blur(sil), target_b) and whose gradient is that
-    loss's, computed in closed form inside the bounding box of the render and the target.
+    """A scalar whose value is the stage loss and whose gradient is that loss's, computed
+    in closed form inside the bounding box of the render and the target.
+
+    Stage loss: with blur (sigma > 0) the squared difference of the blurred silhouette
+    and blurred mask over the mask area; without blur 1 - soft IoU. (The soft IoU of
+    blurred masks, as in the official solver, is maximised by a silhouette larger than
+    the mask wherever the blur makes values fractional, so it is only used unblurred.)
 
     The blur is linear and symmetric, so dL/dsil = blur(dL/dG) with G = blur(sil); only
     the edge corrections carry gradients, so the backward pass touches ~N outline pixels.
@@ -177,13 +192,18 @@ def _iou_surrogate(terms: EdgeTerms, target_b: Tensor, support: Tensor, sigma: f
         S = S.reshape(hh, ww)
         G = _blur(S, sigma)
         T = target_b[r0:r1, c0:c1]
-        inter = (G * T).sum() + 1e-6
-        union = (G + T - G * T).sum() + 1e-6
-        iou = inter / union
-        dG = -(T * union - inter * (1 - T)) / union ** 2  # d(1 - IoU)/dG
+        if sigma > 0:  # mean squared difference of the blurred images / mask area
+            area = T.sum().clamp_min(1.0)
+            value = ((G - T) ** 2).sum() / area
+            dG = 2 * (G - T) / area
+        else:  # 1 - soft IoU
+            inter = (G * T).sum() + 1e-6
+            union = (G + T - G * T).sum() + 1e-6
+            value = 1 - inter / union
+            dG = -(T * union - inter * (1 - T)) / union ** 2
         dS = _blur(dG, sigma).reshape(-1)
     wgt = (dS[local] * inside).to(torch.float64)
-    return (1 - iou.double()) + (wgt * terms.value).sum() - (wgt * terms.value.detach()).sum()
+    return value.double() + (wgt * terms.value).sum() - (wgt * terms.value.detach()).sum()
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -340,6 +360,22 @@ def _moment_init(geom, faces, mask_lvl: Tensor, scale: float, f: float, t: Tenso
     return f, t
 
 
+@torch.no_grad()
+def _level_iou(geom, faces, camera_now, level, mask_f: Tensor, W: int, H: int,
+               backend: str) -> float:
+    """Hard IoU of the current body and camera at a level (no gradient)."""
+    from ..render import rasterize
+
+    sy, sx, h, w, _ = level
+    verts, _ = geom()
+    fv, T = camera_now()
+    dev = mask_f.device
+    fr = rasterize((verts.detach().double() + T.detach())[None], faces, (fv.detach() * sx)[None],
+                   torch.tensor([[sx * W / 2, sy * H / 2]], dtype=torch.float64, device=dev),
+                   h, w, backend="cpu" if backend == "cpu" else "auto")
+    return float(mask_iou(fr.mask[0].to(dev), _resize(mask_f, h, w) > 0.5))
+
+
 def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d: Tensor | None,
                  pelvis_z: float, cfg: SolveConfig, backend: str, tick: Callable[[], None]
                  ) -> _FrameResult:
@@ -356,7 +392,8 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
     work = min(1.0, cfg.max_size / max(H, W))
     levels = []
     for s, sigma, _ in cfg.stages:
-        sc = s * work
+        # coarse levels keep at least min_level_size pixels on the long side
+        sc = min(work, max(s * work, cfg.min_level_size / max(H, W)))
         h, w = max(8, round(H * sc)), max(8, round(W * sc))
         levels.append((h / H, w / W, h, w, sigma))
     mask_f = mask.float()
@@ -402,12 +439,12 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
     def snapshot():
         fv, T = camera_now()
         pose = tuple(x.detach().clone() for x in geom.tensors) or None
-        return float(fv), T.detach().clone(), pose
+        return float(fv.detach()), T.detach().clone(), pose
 
     shares = [s[2] for s in cfg.stages]
     counts = [int(round(cfg.iterations * s / sum(shares))) for s in shares]
     counts[-1] = max(0, cfg.iterations - sum(counts[:-1]))
-    best = (-1.0, snapshot())
+    best = (_level_iou(geom, faces, camera_now, levels[-1], mask_f, W, H, backend), snapshot())
     steps = 0
     kp_scale = None
     if kp2d is not None and good is not None and int(good.sum()) >= 2:
@@ -438,7 +475,7 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
             else:
                 sil, hard = silhouette(vc, faces, (fv * sx)[None], scale_pp, h, w,
                                        backend=backend)
-                loss = 1 - _soft_iou(_blur(sil[0].to(target_b.dtype), sigma), target_b)
+                loss = _silhouette_loss(sil[0].to(target_b.dtype), target_b, sigma)
             loss = loss.double()
             if cfg.opt_tz:
                 loss = loss + cfg.tz_prior * (logtz - logtz0) ** 2
@@ -459,17 +496,8 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
                 logtz.clamp_(math.log(max(0.05, min(0.3, tz_used))), math.log(max(50.0, tz_used)))
             steps += 1
     # the last update, evaluated once at the finest level
-    sy, sx, h, w, _ = levels[-1]
-    if fine_hard_target is None:
-        fine_hard_target = _resize(mask_f, h, w) > 0.5
-    with torch.no_grad():
-        verts, _ = geom()
-        fv, T = camera_now()
-        from ..render import rasterize
-        fr = rasterize((verts.double() + T)[None], faces, (fv * sx)[None],
-                       torch.tensor([[sx * W / 2, sy * H / 2]], dtype=torch.float64, device=dev),
-                       h, w, backend="cpu" if backend == "cpu" else "auto")
-        hi = float(mask_iou(fr.mask[0].to(dev), fine_hard_target))
+    if steps:
+        hi = _level_iou(geom, faces, camera_now, levels[-1], mask_f, W, H, backend)
         if hi > best[0]:
             best = (hi, snapshot())
     f_b, t_b, pose_b = best[1]
