@@ -539,6 +539,25 @@ def _display_name(name: str) -> str:
     return "BLADE " + " ".join(w for w in words if w)
 
 
+def _copy_sample_inputs() -> None:
+    """Copy the shipped workflows' sample inputs (workflows/inputs/blade_sample*.png|json)
+    into ComfyUI's input folder, where Load Image lists files (its root only). Never
+    overwrites a file of the same name; any failure only logs (the pack still loads)."""
+    if folder_paths is None:
+        return
+    import shutil
+    src = Path(__file__).resolve().parent / "workflows" / "inputs"
+    try:
+        dst = Path(folder_paths.get_input_directory())
+        for p in sorted(src.glob("blade_sample*")):
+            if p.suffix.lower() in (".png", ".json") and not (dst / p.name).exists():
+                dst.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dst / p.name)
+    except OSError as e:
+        log.warning("blade-nodes: could not copy the sample inputs into the input folder: %s", e)
+
+
+_copy_sample_inputs()
 NODE_CLASS_MAPPINGS = _node_classes()
 NODE_DISPLAY_NAME_MAPPINGS = {name: getattr(cls, "DISPLAY_NAME", _display_name(name))
                               for name, cls in NODE_CLASS_MAPPINGS.items()}
