@@ -292,6 +292,18 @@ def main(argv=None) -> int:
         print(f"off-centre principal point (+25, -18 px, constant f 310), Blender camera with the "
               f"lens shift stored in the extras: worst frame mean {max(r[0] for r in r2):.5f} px, "
               f"max {max(r[1] for r in r2):.4f} px")
+    # BVH through Blender's BVH importer: joints vs the body model
+    from blade_nodes.io.bvh import export_bvh
+    export_bvh(out / "roundtrip.bvh", body, params, cam, fps=30, scale=1.0)
+    posed = body(params).joints[:, :55].double().numpy() + cam.translation.double().numpy()[:, None]
+    want = rigmod.opencv_to_gltf(None, posed)[1]
+    if blend is not None:
+        bv = blender.evaluate_bvh(out / "roundtrip.bvh", out / "blender_bvh.npz")
+        names = list(bv["names"])
+        got = bv["heads"][:, [names.index(n) for n in skinning.JOINT_NAMES]]
+        e = np.linalg.norm(got - want, axis=-1) * 1000
+        print(f"BVH in Blender's BVH importer: {len(names)} bones, {got.shape[0]} frames, joints vs "
+              f"body model max {e.max():.4f} mm")
     # the 4-weight cut on the shipped poses
     print(f"\n# Exported rig (4 weights, no pose correctives) vs full body model, {body_name}, "
           "shipped poses one by one (pelvis at 2.5 m, f 1000 px, 1000x1000)")

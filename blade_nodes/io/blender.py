@@ -63,3 +63,11 @@ def evaluate_glb(glb: str | Path, out_npz: str | Path) -> dict[str, np.ndarray]:
     _run("eval", Path(glb), Path(out_npz))
     with np.load(out_npz, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def evaluate_bvh(bvh: str | Path, out_npz: str | Path) -> dict[str, np.ndarray]:
+    """Import a BVH with Blender's BVH importer; pose-bone heads per frame (see
+    :func:`blade_nodes.io.blender_side.evaluate_bvh`)."""
+    _run("bvh", Path(bvh), Path(out_npz))
+    with np.load(out_npz, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

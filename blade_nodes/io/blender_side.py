@@ -6,6 +6,7 @@ lives inside the ComfyUI process. Called by :mod:`blade_nodes.io.blender`:
 
     python blender_side.py fbx  IN.glb OUT.fbx
     python blender_side.py eval IN.glb OUT.npz
+    python blender_side.py bvh  IN.bvh OUT.npz
 
 ``eval`` imports the GLB with Blender's own glTF importer, sets the render size from the
 camera's extras (glTF has no image size; the user does the same in Blender), applies the lens
@@ -15,6 +16,9 @@ skinned mesh (armature modifier) and projects its vertices with
 OpenCV rows top-down), ``depth`` [B, V'], ``world`` [B, V', 3] (converted back to the glTF
 axes) and ``blender_version``. V' counts the vertices that faces use (the importer drops
 unused ones, keeping the order).
+
+``bvh`` imports a BVH with Blender's BVH importer (Y up, -Z forward, as written) and writes
+``heads`` [B, J, 3] (pose-bone heads per keyframe, glTF axes, BVH units) and ``names`` [J].
 """
 from __future__ import annotations
 
@@ -107,6 +111,26 @@ def evaluate(glb: str, out: str) -> None:
     np.savez(out, **res)
 
 
+def evaluate_bvh(path: str, out: str) -> None:
+    import bpy
+    scene = _reset()
+    bpy.ops.import_anim.bvh(filepath=path, global_scale=1.0, axis_forward="-Z", axis_up="Y",
+                            update_scene_fps=True, update_scene_duration=True)
+    arm = next(o for o in scene.objects if o.type == "ARMATURE")
+    names = [b.name for b in arm.data.bones]
+    with open(path) as fh:
+        frames = int(next(line for line in fh if line.startswith("Frames:")).split()[1])
+    M = np.array(arm.matrix_world, np.float64)
+    heads = []
+    for f in range(scene.frame_start, scene.frame_start + frames):
+        scene.frame_set(f)
+        h = np.array([tuple(arm.pose.bones[n].head) for n in names], np.float64)
+        h = h @ M[:3, :3].T + M[:3, 3]
+        heads.append(np.stack([h[:, 0], h[:, 2], -h[:, 1]], 1))
+    np.savez(out, heads=np.stack(heads), names=np.array(names),
+             blender_version=np.array(bpy.app.version_string))
+
+
 if __name__ == "__main__":
     cmd, src, dst = sys.argv[1:4]
-    {"fbx": to_fbx, "eval": evaluate}[cmd](src, dst)
+    {"fbx": to_fbx, "eval": evaluate, "bvh": evaluate_bvh}[cmd](src, dst)

@@ -105,7 +105,7 @@ def top_k_weights(weights: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarr
     top = np.take_along_axis(w, idx, 1)
     s = top.sum(1, keepdims=True)
     top = np.where(s > 0, top / np.where(s > 0, s, 1), np.eye(1, k)[0])  # no weight: root only
-    idx = np.where(s > 0, idx, 0)
+    idx = np.where((s > 0) & (top > 0), idx, 0)  # unused slots point at joint 0 (glTF rule)
     return idx.astype(np.int64), top
 
 
