@@ -285,6 +285,104 @@ class BladeEstimateTz:
 # ---------------------------------------------------------------- pose (stage 2)
 
 # ---------------------------------------------------------------- camera (stage 3)
+class BladeSolveCamera:
+    CATEGORY = "BLADE/camera"
+    DESCRIPTION = ("Stage 3: per image, fits the focal length and Tx, Ty (optionally Tz and "
+                   "the body pose) so that the body's silhouette matches the mask, starting "
+                   "from the pelvis depth Tz. Each image is solved alone and deterministically. "
+                   "Frames with an empty or full mask or a bad Tz keep the starting camera and "
+                   "report IoU 0.")
+    RETURN_TYPES = ("BLADE_CAMERA", "BLADE_SMPLX", "IMAGE", "FLOAT")
+    RETURN_NAMES = ("camera", "smplx", "preview", "mean_iou")
+    OUTPUT_TOOLTIPS = (
+        "Per-image OpenCV camera: focal and principal point in image pixels, translation in "
+        "metres (added to the SMPL-X body at transl = 0).",
+        "The SMPL-X parameters, with root and body pose refined when opt_pose is on.",
+        "The fitted body shaded over the image, the mask's outline in orange.",
+        "Mean silhouette IoU (0..1) over the images; 0 counts for flagged frames.")
+    FUNCTION = "solve"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "smplx": ("BLADE_SMPLX", {"tooltip": "Body parameters from BLADE Estimate Pose."}),
+            "body_model": ("BLADE_BODY_MODEL", {"tooltip": "Body model from BLADE Load Body Model."}),
+            "tz": ("BLADE_TZ", {"tooltip": "Pelvis depth from BLADE Estimate Tz (start of Tz)."}),
+            "mask": ("MASK", {"tooltip": "Person mask, same size as the image (or the same "
+                                         "aspect ratio; it is then resized)."}),
+            "image": ("IMAGE", {"tooltip": "The photo(s): sets the image size and is the "
+                                           "background of the preview."}),
+            "iterations": ("INT", {"default": 60, "min": 0, "max": 1000, "step": 10,
+                                   "tooltip": "Optimisation steps per image (0: closed-form "
+                                              "start only)."}),
+            "opt_tz": ("BOOLEAN", {"default": False,
+                                   "tooltip": "Also refine Tz (kept near the estimate)."}),
+            "opt_pose": ("BOOLEAN", {"default": False,
+                                     "tooltip": "Also refine the root and body pose (kept "
+                                                "near the estimate); slower."}),
+            "backend": (["auto", "cuda", "cpu"], {
+                "default": "auto",
+                "tooltip": "Differentiable silhouette: cuda = nvdiffrast, cpu = exact edge "
+                           "method; auto picks cuda when the model is on a GPU with nvdiffrast."}),
+        }, "optional": {
+            "keypoints": ("POSE_KEYPOINT", {"tooltip": "2D keypoints (OpenPose/DWPose) for "
+                                                       "the closed-form start and a "
+                                                       "reprojection term."}),
+        }}
+
+    def solve(self, smplx, body_model, tz, mask, image, iterations=60, opt_tz=False,
+              opt_pose=False, backend="auto", keypoints=None):
+        import torch
+        import torch.nn.functional as F
+        cam = lib("camera.solve")
+        b, h, w = image.shape[0], image.shape[1], image.shape[2]
+        if mask.ndim == 2:
+            mask = mask[None]
+        if tuple(mask.shape[-2:]) != (h, w):
+            mh, mw = mask.shape[-2:]
+            if abs(mw / mh - w / h) > 0.01 * (w / h):
+                raise ValueError(f"BLADE Solve Camera: the mask is {mw}x{mh} but the image is "
+                                 f"{w}x{h} (another aspect ratio); give the mask of this image "
+                                 "(resize or crop both the same way)")
+            log.warning("BLADE Solve Camera: mask %dx%d resized to the image size %dx%d",
+                        mw, mh, w, h)
+            mask = F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear",
+                                 align_corners=False)[:, 0]
+        if mask.shape[0] != b and mask.shape[0] != 1:
+            raise ValueError(f"BLADE Solve Camera: {mask.shape[0]} masks for {b} images; give "
+                             "one mask per image (or one for all)")
+        mask = mask.expand(b, h, w)
+        if backend == "cpu":
+            dev = torch.device("cpu")
+        else:
+            dev = torch_device() if backend == "auto" else torch.device("cuda")
+            if dev.type != "cuda" and backend == "cuda":
+                raise ValueError("BLADE Solve Camera: backend 'cuda' needs a CUDA GPU; use auto or cpu")
+        if backend == "auto" and dev.type == "cuda" and \
+                lib("camera.silhouette").resolve_backend("auto", dev) != "cuda":
+            dev = torch.device("cpu")  # no nvdiffrast: the CPU edge method
+        kp = None
+        if keypoints is not None:
+            parsed = lib("pose.keypoints2d").parse_pose_keypoints(keypoints, (w, h), batch_size=b,
+                                                                 mask=mask)
+            for note in parsed.notes:
+                log.warning("BLADE Solve Camera: keypoints: %s", note)
+            kp = parsed.body.to(dev)
+        cfg = cam.SolveConfig(iterations=int(iterations), opt_tz=bool(opt_tz),
+                              opt_pose=bool(opt_pose), backend=backend)
+        fit = cam.solve_camera_body(body_model, smplx, mask.to(dev).float(), tz, keypoints=kp,
+                                    keypoint_format="body25", cfg=cfg,
+                                    progress=progress(max(1, b * int(iterations))))
+        for message in fit.messages:
+            log.warning("BLADE Solve Camera: %s", message)
+        with torch.no_grad():
+            verts = torch.cat([body_model(fit.params.index(i).to(device=dev)).vertices.cpu()
+                               for i in range(b)])
+        preview = lib("camera.preview").fit_preview(image.movedim(-1, 1).float(), verts,
+                                                    body_model.faces.cpu(), fit.camera,
+                                                    mask.cpu())
+        return (fit.camera, fit.params, preview.movedim(1, -1), float(fit.iou.mean()))
+
 
 # ---------------------------------------------------------------- render (stage 4)
 class BladeRender:

@@ -243,3 +243,29 @@ def test_body_path_with_pose_refinement(synthetic_body):
     with pytest.raises(ValueError, match="smplx: batch 2 does not match the mask batch 3"):
         solve_camera_body(synthetic_body, params, masks[[0, 1, 1]], torch.tensor([3.0]),
                           cfg=cfg)
+
+
+# ----------------------------------------------------------------------- node
+def test_node_solves_and_checks_sizes(synthetic_body):
+    import nodes
+    from blade_nodes.body import SMPLXParams
+
+    params = SMPLXParams.zeros(1).replace(global_orient=torch.tensor([[math.pi, 0.0, 0.0]]))
+    with torch.no_grad():
+        out = synthetic_body(params)
+    t = torch.tensor([0.02, 0.01, 3.0], dtype=torch.float64)
+    mask = render_mask(out.vertices[0].double(), synthetic_body.faces, 60.0, t, 48, 64)[None]
+    tz = type("TZ", (), {"tz": out.joints[:, 0, 2] + 3.0})()  # any object with .tz
+    image = torch.rand(1, 48, 64, 3)
+    node = nodes.BladeSolveCamera()
+    kp = [{"people": [{"pose_keypoints_2d": [30.0, 20.0, 1.0] * 18}],
+           "canvas_width": 64, "canvas_height": 48}]
+    cam, smplx, preview, miou = node.solve(params, synthetic_body, tz, mask, image,
+                                           iterations=4, backend="cpu", keypoints=kp)
+    assert cam.focal.shape == (1,) and smplx.batch_size == 1
+    assert preview.shape == image.shape and 0 < miou <= 1
+    # same aspect ratio: resized; another aspect ratio: a clear message
+    node.solve(params, synthetic_body, tz, torch.nn.functional.interpolate(
+        mask[None], size=(96, 128))[0], image, iterations=0, backend="cpu")
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        node.solve(params, synthetic_body, tz, torch.zeros(1, 64, 64), image, iterations=0)
