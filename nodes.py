@@ -283,6 +283,48 @@ class BladeEstimateTz:
 
 
 # ---------------------------------------------------------------- pose (stage 2)
+class BladeLoadPoseKeypoints:
+    CATEGORY = "BLADE/pose"
+    DESCRIPTION = ("Reads a POSE_KEYPOINT JSON file (OpenPose/DWPose keypoints, e.g. saved by "
+                   "comfyui_controlnet_aux or an OpenPose editor): a list with one dict per "
+                   "frame, or one bare dict, each {\"people\": [...], \"canvas_width\", "
+                   "\"canvas_height\"}.")
+    RETURN_TYPES = ("POSE_KEYPOINT",)
+    RETURN_NAMES = ("pose_keypoint",)
+    OUTPUT_TOOLTIPS = ("The keypoints, always a list with one dict per frame.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "path": ("STRING", {"default": "blade_sample_keypoints.json",
+                                "tooltip": "A .json file: absolute, or relative to ComfyUI's "
+                                           "input folder."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, path):
+        p = lib("io").input_path(path, input_dir())
+        return p.stat().st_mtime_ns if p.is_file() else float("nan")
+
+    def load(self, path):
+        import json
+        p = lib("io").input_path(path, input_dir())
+        if not p.is_file():
+            raise ValueError(f"path: expected a POSE_KEYPOINT .json file, got {str(p)!r} (not "
+                             "found). Put it in ComfyUI's input folder or give an absolute path.")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p.name}: expected JSON, got a parse error: {e}") from None
+        frames = [data] if isinstance(data, dict) else data
+        if not isinstance(frames, list) or not frames or not all(
+                isinstance(f, dict) and ("people" in f or "animals" in f) for f in frames):
+            raise ValueError(f"{p.name}: expected a list of frames (or one frame) like "
+                             "{\"people\": [...], \"canvas_width\": W, \"canvas_height\": H}; "
+                             "got something else. Save keypoints from DWPose/OpenPose as JSON.")
+        return (frames,)
+
 
 # ---------------------------------------------------------------- camera (stage 3)
 class BladeSolveCamera:

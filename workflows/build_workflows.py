@@ -475,7 +475,10 @@ def _pipeline(g: Graph, image: Out, person_mask: Out, keypoints: Out, frames: bo
     pose = g.add("BladeEstimatePose", image=image, tz=tz["tz"], body_model=body["body_model"],
                  keypoints=keypoints, mask=person_mask, column=3)
     cam = g.add("BladeSolveCamera", smplx=pose["smplx"], body_model=body["body_model"],
-                tz=tz["tz"], mask=person_mask, image=image, keypoints=keypoints, column=4)
+                tz=tz["tz"], mask=person_mask, image=image, keypoints=keypoints, opt_tz=True,
+                column=4)
+    g.add("PreviewImage", title="Camera fit (mask outline)", images=cam["preview"],
+          size=(300, 330), column=5)
     render_values = {"depth_normalize": "batch"} if frames else {}
     render = g.add("BladeRender", smplx=cam["smplx"], body_model=body["body_model"],
                    camera=cam["camera"], image=image, column=5, **render_values)
@@ -578,7 +581,7 @@ def video_frames() -> Graph:
                                         frames=True, tz_guess=1.0)
     for name in ("depth", "openpose", "overlay"):
         g.add("SaveAnimatedWEBP", title=f"Animated {name}", images=render[name],
-              filename_prefix=f"blade/frames/{name}", fps=4.0, size=(300, 380), column=6)
+              filename_prefix=f"blade/frames/anim_{name}", fps=4.0, size=(300, 380), column=6)
     g.add("SaveImage", title="Save depth frames", images=render["depth"],
           filename_prefix="blade/frames/depth", size=(300, 330), column=7)
     g.add("BladeExportAnimation", smplx=cam["smplx"], body_model=body["body_model"],
@@ -692,6 +695,67 @@ def make_sample_inputs(out_dir: Path = INPUTS_DIR, seed: int = 0) -> list[Path]:
     return written
 
 
+# ---------------------------------------------------------------- README pictures
+PICTURES = {   # picture -> (title, [(label, output file glob)])
+    "workflow_photo_to_renders.png": ("(a) photo to renders", [
+        ("photo", f"input:{SAMPLE_PNG}"), ("overlay", "blade/photo/overlay_*.png"),
+        ("depth", "blade/photo/depth_*.png"), ("normal", "blade/photo/normal_*.png"),
+        ("openpose", "blade/photo/openpose_*.png"), ("densepose", "blade/photo/densepose_*.png")]),
+    "workflow_renders_to_controlnet.png": ("(b) ControlNet inputs (generation needs a checkpoint)", [
+        ("photo", f"input:{SAMPLE_PNG}"), ("depth -> ControlNet", "blade/photo/depth_*.png"),
+        ("openpose -> ControlNet", "blade/photo/openpose_*.png")]),
+    "workflow_video_frames.png": ("(c) frames, one depth range for the batch", [
+        *((f"frame {i}", f"input:{FRAMES_PNG}#{i}") for i in range(N_FRAMES)),
+        *((f"depth {i}", f"blade/frames/depth_*.png#{i}") for i in range(N_FRAMES)),
+        *((f"overlay {i}", f"blade/frames/anim_overlay_*.webp#{i}") for i in range(N_FRAMES))]),
+}
+
+
+def make_pictures(output_dir: Path, docs_dir: Path = REPO / "docs", height: int = 200) -> list[Path]:
+    """Contact sheets of real workflow outputs (a ComfyUI output folder, e.g. from
+    ``comfy_accept.sh --keep``: <run>/base/output) for the README, quantised to stay small."""
+    from PIL import Image, ImageDraw, ImageSequence
+
+    def frame(path: Path, i: int) -> Image.Image:
+        im = Image.open(path)
+        return [f.convert("RGB") for f in ImageSequence.Iterator(im)][i].copy()
+
+    written = []
+    for pic, (title, cells) in PICTURES.items():
+        tiles = []
+        for label, spec in cells:
+            spec, _, idx = spec.partition("#")
+            i = int(idx or 0)
+            if spec.startswith("input:"):
+                img = frame(INPUTS_DIR / spec[6:], i)
+            else:
+                found = sorted(Path(output_dir).glob(spec))
+                if not found:
+                    raise FileNotFoundError(f"{spec} in {output_dir}")
+                img = frame(found[i], 0) if len(found) > 1 else frame(found[0], i)
+            img = img.resize((round(img.width * height / img.height), height), Image.LANCZOS)
+            tiles.append((label, img))
+        per_row = 4 if len(tiles) > 6 else len(tiles)
+        rows = [tiles[k:k + per_row] for k in range(0, len(tiles), per_row)]
+        w = max(sum(t.width for _, t in r) + 8 * (len(r) + 1) for r in rows)
+        h = 28 + len(rows) * (height + 26)
+        sheet = Image.new("RGB", (w, h), (250, 250, 250))
+        d = ImageDraw.Draw(sheet)
+        d.text((8, 8), title, fill=(0, 0, 0))
+        y = 28
+        for r in rows:
+            x = 8
+            for label, t in r:
+                sheet.paste(t, (x, y))
+                d.text((x, y + height + 4), label, fill=(40, 40, 40))
+                x += t.width + 8
+            y += height + 26
+        out = docs_dir / pic
+        sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+        written.append(out)
+    return written
+
+
 # ---------------------------------------------------------------- snapshot of core nodes
 CORE_NODES = ["LoadImage", "LoadImageMask", "PreviewImage", "SaveImage", "MaskToImage",
               "ImageToMask", "InvertMask", "CheckpointLoaderSimple", "ControlNetLoader",
@@ -734,12 +798,18 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="only report stale files")
     ap.add_argument("--inputs", action="store_true", help="also re-make workflows/inputs")
     ap.add_argument("--record-core", metavar="URL", help="refresh the core snapshot first")
+    ap.add_argument("--pictures", metavar="OUTPUT_DIR",
+                    help="README pictures from a ComfyUI output folder of the workflows' runs")
     args = ap.parse_args(argv)
     if args.record_core:
         record_core(args.record_core)
     if args.inputs:
         for p in make_sample_inputs():
             print(f"wrote {p.relative_to(REPO)} ({p.stat().st_size // 1024} KB)")
+    if args.pictures:
+        for p in make_pictures(Path(args.pictures)):
+            print(f"wrote {p.relative_to(REPO)} ({p.stat().st_size // 1024} KB)")
+        return 0
     stale = 0
     for path, wf in build_all().items():
         text = dumps(wf)
