@@ -23,13 +23,11 @@ What the file holds (scene frame: see :mod:`blade_nodes.io.rig`, OpenCV camera s
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import skinning
 from .rig import Rig, SkinError, build_rig, check_fps, skin_error
