@@ -38,7 +38,8 @@ from ..camera.convention import Camera, default_focal
 from .keypoints2d import NUM_BODY, NUM_FACE, NUM_HAND, PoseKeypoints2D
 from .skeleton import SparseSkeleton, axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["FitConfig", "PoseFit", "fit_smplx_to_keypoints", "START_ORIENTS", "neutral_params"]
+__all__ = ["FitConfig", "PoseFit", "fit_smplx_to_keypoints", "START_ORIENTS", "POSE_LIMITS",
+           "neutral_params"]
 
 # Global orientations (axis-angle, OpenCV camera frame) of the starts, in order of use.
 # R_x(pi) turns SMPL-X's y-up, +z-facing body upright in the camera, facing it;
@@ -53,10 +54,66 @@ START_ORIENTS = (
 
 # BODY_25 slots
 _TORSO = (1, 2, 5, 8, 9, 12)            # neck, shoulders, mid-hip, hips
+_HEAD = (0, 15, 16, 17, 18)             # nose, eyes, ears: tell the yaw's sign
 _HIPS = (8, 9, 12)
 
-# SMPL-X body joints 1..21 -> index into body_pose ([21, 3])
-_L_KNEE, _R_KNEE, _L_ELBOW, _R_ELBOW = 3, 4, 17, 18
+# Joint limits (radians, axis-angle components x, y, z) of the left-side and central body
+# joints in SMPL-X's frame (y up, facing +z, the body's left at +x), generous anatomical
+# ranges written by hand (no data); right-side joints mirror them: (x, -y, -z).
+_LEFT_LIMITS = {
+    1: ((-2.4, 0.6), (-0.8, 0.8), (-0.6, 1.3)),    # hip: flexion is -x, abduction +z
+    4: ((0.0, 2.7), (-0.3, 0.3), (-0.2, 0.2)),     # knee: bends about +x only
+    7: ((-0.9, 1.0), (-0.6, 0.6), (-0.6, 0.6)),    # ankle
+    10: ((-0.4, 0.4), (-0.3, 0.3), (-0.3, 0.3)),   # foot
+    13: ((-0.4, 0.4), (-0.5, 0.4), (-0.4, 0.6)),   # collar
+    16: ((-1.6, 1.6), (-2.1, 1.1), (-1.8, 1.7)),   # shoulder: arm forward is -y, up is +z
+    18: ((-1.2, 1.2), (-2.7, 0.05), (-0.35, 0.35)),  # elbow: bends about -y only
+    20: ((-1.3, 1.3), (-0.7, 0.7), (-1.3, 1.3)),   # wrist
+}
+_CENTRE_LIMITS = {
+    3: ((-0.4, 0.8), (-0.5, 0.5), (-0.4, 0.4)),    # spine 1-3: forward bend is +x
+    6: ((-0.4, 0.6), (-0.5, 0.5), (-0.4, 0.4)),
+    9: ((-0.4, 0.6), (-0.5, 0.5), (-0.4, 0.4)),
+    12: ((-0.7, 0.9), (-0.9, 0.9), (-0.6, 0.6)),   # neck
+    15: ((-0.6, 0.7), (-0.8, 0.8), (-0.5, 0.5)),   # head
+}
+_MIRROR = {1: 2, 4: 5, 7: 8, 10: 11, 13: 14, 16: 17, 18: 19, 20: 21}
+
+
+def _limit_table() -> tuple[Tensor, Tensor]:
+    """[21, 3] lower and upper limits of body_pose, radians."""
+    lo, hi = torch.full((21, 3), -math.pi), torch.full((21, 3), math.pi)
+    for j, axes in {**_LEFT_LIMITS, **_CENTRE_LIMITS}.items():
+        for a, (l, h) in enumerate(axes):
+            lo[j - 1, a], hi[j - 1, a] = l, h
+    for left, right in _MIRROR.items():
+        for a, (l, h) in enumerate(_LEFT_LIMITS[left]):
+            lo[right - 1, a], hi[right - 1, a] = (l, h) if a == 0 else (-h, -l)
+    return lo, hi
+
+
+POSE_LIMITS = _limit_table()
+
+# The pose prior's centre: a relaxed stance rather than the T-pose (legs slightly flexed,
+# arms lowered and a little forward, elbows slightly bent). Where 2D keypoints cannot tell
+# whether a limb points toward or away from the camera, this favours the forward solution,
+# as people reach and step forward far more than backward.
+_NATURAL = {1: (-0.25, 0.0, 0.05), 4: (0.35, 0.0, 0.0), 16: (0.0, -0.35, -0.9),
+            18: (0.0, -0.6, 0.0)}
+
+
+def _natural_pose() -> Tensor:
+    pose = torch.zeros(21, 3)
+    for j, (x, y, z) in _NATURAL.items():
+        pose[j - 1] = torch.tensor([x, y, z])
+        pose[_MIRROR[j] - 1] = torch.tensor([x, -y, -z])
+    return pose
+
+
+NATURAL_POSE = _natural_pose()
+"""[21, 3] centre of the pose prior (axis-angle body_pose)."""
+"""(lower [21, 3], upper [21, 3]) limits of ``body_pose`` used by the joint-limit prior."""
+
 # per-joint pose-prior multipliers (joint j at row j - 1)
 _JOINT_PRIOR = torch.ones(21)
 for _j, _w in ((3, 4.0), (6, 4.0), (9, 4.0),      # spine 1-3: weakly seen
@@ -81,7 +138,10 @@ class FitConfig:
         hip_weight: weight of hip keypoints (SMPL-X hips sit inside the pelvis).
         hand_weight, face_weight: weight of the hand / face terms relative to the body.
         pose_prior, shape_prior, hand_prior: L2 weights on body pose, betas, hand poses.
-        limit_prior: weight of the knee/elbow bending-direction hinges.
+        limit_prior: weight of the joint-limit hinges (``POSE_LIMITS``).
+        hinge_prior: L2 weight on knee and elbow rotation off their bending axis.
+        natural_prior: 1 centres the pose prior on ``NATURAL_POSE`` (favours limbs forward),
+            0 on the T-pose.
         fit_hands: solve finger poses where hand keypoints exist.
         refine_tz: let Tz move (log-normal prior around the given Tz, ``tz_sigma``).
         tz_sigma: relative spread of the Tz prior when refining (0.25: 25 %).
@@ -89,7 +149,7 @@ class FitConfig:
     """
 
     iterations: int = 200
-    starts: int = 2
+    starts: int = 4
     lr: float = 0.05
     stage1_fraction: float = 0.25
     robust_sigma: float = 0.1
@@ -100,6 +160,8 @@ class FitConfig:
     shape_prior: float = 0.5
     hand_prior: float = 0.05
     limit_prior: float = 100.0
+    hinge_prior: float = 2.0
+    natural_prior: float = 1.0
     fit_hands: bool = True
     refine_tz: bool = False
     tz_sigma: float = 0.25
@@ -287,6 +349,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
               "face": cfg.face_weight}
     torso_w = torch.zeros_like(w)
     torso_w[:, list(_TORSO)] = w[:, list(_TORSO)]
+    torso_w[:, list(_HEAD)] = 0.5 * w[:, list(_HEAD)]
 
     f_n, pp_n, tz_n = rep(f), rep(pp), rep(tz)
     # pelvis image position init: mid-hip, else mean of hips/shoulders, else all body points
@@ -316,7 +379,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         lh0 = torch.zeros(N, 45, device=dev)
         rh0 = torch.zeros(N, 45, device=dev)
         betas0 = torch.zeros(N, nbetas, device=dev)
-        prior_mean = torch.zeros(N, 63, device=dev)
+        prior_mean = (NATURAL_POSE.reshape(1, 63) * cfg.natural_prior).to(dev).expand(N, 63)
     d_root = torch.zeros(N, 3, device=dev, requires_grad=True)
     body_pose = pose0.clone().requires_grad_(True)
     lhand = lh0.clone().requires_grad_(True)
@@ -326,6 +389,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
     log_tz = torch.zeros(N, device=dev, requires_grad=True)
     eye = torch.eye(3, device=dev)
     joint_prior = _JOINT_PRIOR.to(dev)[:, None]
+    lim_lo, lim_hi = (t.to(dev) for t in POSE_LIMITS)
     hand_on = has_hand.to(dtype) if cfg.fit_hands else torch.zeros_like(has_hand, dtype=dtype)
     tau2 = 0.01 ** 2  # unit of the data term: 1 % of the person size
     sigma2 = cfg.robust_sigma ** 2
@@ -357,12 +421,12 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
                 data = data + part_w[name] * (ww * rho[:, sl]).sum(1) / ww.sum(1).clamp_min(1e-6)
         bp = body_pose.reshape(N, 21, 3)
         prior = cfg.pose_prior * (joint_prior * (bp - prior_mean.reshape(N, 21, 3)) ** 2).sum((1, 2))
-        # knees bend about +x only; elbows about -y (left) / +y (right); little sideways bend
-        limits = (torch.relu(-bp[:, _L_KNEE, 0]) ** 2 + torch.relu(-bp[:, _R_KNEE, 0]) ** 2
-                  + torch.relu(bp[:, _L_ELBOW, 1]) ** 2 + torch.relu(-bp[:, _R_ELBOW, 1]) ** 2)
-        side = (bp[:, [_L_KNEE, _R_KNEE]][..., 1:] ** 2).sum((1, 2)) + \
-            (bp[:, [_L_ELBOW, _R_ELBOW]][..., 2] ** 2).sum(1)
-        prior = prior + cfg.limit_prior * limits + 10 * cfg.pose_prior * side
+        # joint limits (knees and elbows bend one way, hips barely extend, ...)
+        limits = (torch.relu(lim_lo - bp) ** 2 + torch.relu(bp - lim_hi) ** 2).sum((1, 2))
+        prior = prior + cfg.limit_prior * limits
+        # knees and elbows are hinges: little rotation off their bending axis
+        side = (bp[:, [3, 4], 1:] ** 2).sum((1, 2)) + (bp[:, [17, 18], 2] ** 2).sum(1)
+        prior = prior + cfg.hinge_prior * side
         prior = prior + cfg.shape_prior * (betas ** 2).sum(1)
         prior = prior + cfg.hand_prior * ((lh ** 2).sum(1) + (rh ** 2).sum(1))
         if cfg.refine_tz:

@@ -115,8 +115,18 @@ class SparseSkeleton(nn.Module):
         depth = [0] * len(parents)
         for j in range(1, len(parents)):
             depth[j] = depth[int(parents[j])] + 1
-        self._levels = [torch.tensor([j for j in range(len(parents)) if depth[j] == d])
-                        for d in range(1, max(depth) + 1)]
+        # joints grouped by tree depth; each level's parents are positions in the level above
+        levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
+        for d, level in enumerate(levels):
+            self.register_buffer(f"_level{d}", torch.tensor(level), persistent=False)
+            if d:
+                above = levels[d - 1]
+                self.register_buffer(f"_parent_pos{d}",
+                                     torch.tensor([above.index(int(parents[j])) for j in level]),
+                                     persistent=False)
+        self._num_levels = len(levels)
+        order = [j for level in levels for j in level]
+        self.register_buffer("_unsort", torch.argsort(torch.tensor(order)), persistent=False)
 
     def forward(self, rotmats: Tensor, betas: Tensor, expression: Tensor | None = None) -> Tensor:
         """Pose the skeleton.
@@ -142,20 +152,17 @@ class SparseSkeleton(nn.Module):
         eye = torch.eye(3, dtype=dtype, device=rotmats.device)
         pose_feature = (rotmats[:, 1:] - eye).reshape(b, -1)
         v = v + (pose_feature @ self.posedirs).reshape(b, -1, 3)
-        # forward kinematics, one tree level at a time
+        # forward kinematics, one tree level at a time (no in-place writes: cheap autograd)
         rel = J.clone()
         rel[:, 1:] = J[:, 1:] - J[:, self.parents[1:]]
-        R_glob = [None] * 55
-        R = torch.empty_like(rotmats)
-        t = torch.empty_like(J)
-        R[:, 0] = rotmats[:, 0]
-        t[:, 0] = J[:, 0]
-        for level in self._levels:
-            par = self.parents[level]
-            Rp = R[:, par]
-            R[:, level] = Rp @ rotmats[:, level]
-            t[:, level] = t[:, par] + (Rp @ rel[:, level, :, None])[..., 0]
-        del R_glob
+        Rs, ts = [rotmats[:, :1]], [J[:, :1]]
+        for d in range(1, self._num_levels):
+            level, pos = getattr(self, f"_level{d}"), getattr(self, f"_parent_pos{d}")
+            Rp, tp = Rs[-1][:, pos], ts[-1][:, pos]
+            Rs.append(Rp @ rotmats[:, level])
+            ts.append(tp + (Rp @ rel[:, level, :, None])[..., 0])
+        R = torch.cat(Rs, 1)[:, self._unsort]
+        t = torch.cat(ts, 1)[:, self._unsort]
         # skinning of the selected vertices: x' = sum_j w_j (R_j (x - J_j) + t_j)
         Rw = torch.einsum("mj,bjkl->bmkl", self.weights, R)  # [B, M, 3, 3]
         tw = torch.einsum("mj,bjk->bmk", self.weights,
