@@ -29,10 +29,19 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def scale_bias(self) -> tuple[Tensor, Tensor]:
         scale = self.weight * (self.running_var + 1e-5).rsqrt()
-        bias = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, bias = self.scale_bias()
         return x * scale[None, :, None, None] + bias[None, :, None, None]
+
+
+def conv_bn(x: Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> Tensor:
+    """bn(conv(x)) with the frozen BN folded into the convolution (one pass over the map)."""
+    scale, bias = bn.scale_bias()
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], bias, conv.stride, conv.padding)
 
 
 class Bottleneck(nn.Module):
@@ -54,10 +63,10 @@ class Bottleneck(nn.Module):
                                             FrozenBatchNorm2d(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        idt = x if self.downsample is None else self.downsample(x)
+        y = F.relu(conv_bn(x, self.conv1, self.bn1))
+        y = F.relu(conv_bn(y, self.conv2, self.bn2))
+        y = conv_bn(y, self.conv3, self.bn3)
+        idt = x if self.downsample is None else conv_bn(x, self.downsample[0], self.downsample[1])
         return F.relu(y + idt)
 
 
@@ -84,7 +93,7 @@ class ResNetBackbone(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(conv_bn(x, self.conv1, self.bn1))
         x = F.max_pool2d(x, 3, 2, 1)
         x = self.layer1(x)
         c3 = self.layer2(x)
@@ -168,16 +177,19 @@ def ms_deform_attn_core(value: Tensor, shapes: list[tuple[int, int]], locations:
     B, S, M, D = value.shape
     _, L, _, NL, P, _ = locations.shape
     values = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * locations - 1
-    sampled = []
+    # points before queries (B*M, NL, P, L, 2): the sampled maps come out as (D, P, L), so the
+    # weighted sum over points runs over contiguous L-long rows (the official code samples
+    # (L, P) and sums a trailing size-P axis; same sum, different memory order)
+    grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5).flatten(0, 1)
+    w_ = weights.permute(0, 2, 3, 4, 1).reshape(B * M, 1, NL, P, L)
+    out = None
     for lvl, (h, w) in enumerate(shapes):
         v = values[lvl].flatten(2).transpose(1, 2).reshape(B * M, D, h, w)
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # B*M, L, P, 2
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # B*M, D, L, P
-    w_ = weights.transpose(1, 2).reshape(B * M, 1, L, NL * P)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * w_).sum(-1).view(B, M * D, L)
-    return out.transpose(1, 2).contiguous()
+        s = F.grid_sample(v, grids[:, lvl], mode="bilinear", padding_mode="zeros",
+                          align_corners=False)  # B*M, D, P, L
+        part = (s * w_[:, :, lvl]).sum(2)
+        out = part if out is None else out + part
+    return out.view(B, M * D, L).transpose(1, 2).contiguous()
 
 
 class MSDeformAttn(nn.Module):
@@ -280,10 +292,12 @@ class SelfAttention(nn.Module):
         nb = bi.numel()
         kb = k[:, :, :, bi].reshape(B, H, G * nb, D)
         vb = v[:, :, :, bi].reshape(B, H, G * nb, D)
-        cross = q[:, :, :, bi] @ kb[:, :, None].transpose(-1, -2)  # B,H,G,nb,G*nb
+        qb = q[:, :, :, bi].reshape(B, H, G * nb, D)
+        cross = (qb @ kb.transpose(-1, -2)).view(B, H, G, nb, G * nb)
         cross = cross.masked_fill(layout.own_group(q.device), float("-inf"))
         p = F.softmax(torch.cat((within[:, :, :, bi], cross), dim=-1), dim=-1)
-        out_b = p[..., :S] @ v + p[..., S:] @ vb[:, :, None]
+        pc = p[..., S:].reshape(B, H, G * nb, G * nb)
+        out_b = p[..., :S] @ v + (pc @ vb).view(B, H, G, nb, D)
         out = out.index_copy(3, bi, out_b)
         return self._out(out.reshape(B, H, L, D))
 
