@@ -473,7 +473,7 @@ def _pipeline(g: Graph, image: Out, person_mask: Out, keypoints: Out, frames: bo
     tz = g.add("BladeEstimateTz", image=image, mask=person_mask, method="manual",
                manual_tz=tz_guess, column=2)
     pose = g.add("BladeEstimatePose", image=image, tz=tz["tz"], body_model=body["body_model"],
-                 keypoints=keypoints, mask=person_mask, column=3)
+                 keypoints=keypoints, mask=person_mask, refine_tz=True, column=3)
     cam = g.add("BladeSolveCamera", smplx=pose["smplx"], body_model=body["body_model"],
                 tz=tz["tz"], mask=person_mask, image=image, keypoints=keypoints, opt_tz=True,
                 column=4)
