@@ -283,6 +283,45 @@ class BladeEstimateTz:
 
 
 # ---------------------------------------------------------------- pose (stage 2)
+POSENET_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors")
+POSENET_NONE = "(no .pth / .safetensors in models/blade)"
+
+
+def _posenet_choices() -> list[str]:
+    names = sorted({str(p.relative_to(d)) for d in model_dirs("blade") if d.is_dir()
+                    for p in d.rglob("*") if p.suffix.lower() in POSENET_EXTENSIONS})
+    return names or [POSENET_NONE]
+
+
+class BladeLoadPoseNet:
+    CATEGORY = "BLADE/pose"
+    DESCRIPTION = ("Loads the BLADE PoseNet (AiOS SMPL-X with the Tz ControlNet) from the "
+                   "official BLADE checkpoint (epoch_2.pth, keys pose_backbone.*) or a "
+                   ".safetensors of those keys, read safely (weights only). For BLADE Estimate "
+                   "Pose; it needs Tz from BLADE Estimate Tz.")
+    RETURN_TYPES = ("BLADE_POSENET",)
+    RETURN_NAMES = ("posenet",)
+    OUTPUT_TOOLTIPS = ("The PoseNet, for BLADE Estimate Pose.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (_posenet_choices(), {
+                "tooltip": "A file in models/blade: the BLADE checkpoint (non-commercial "
+                           "licence; a few seconds per photo on CPU, much faster on GPU)."}),
+        }}
+
+    def load(self, model):
+        paths = [d / model for d in model_dirs("blade") if (d / model).is_file()]
+        if model == POSENET_NONE or not paths:
+            raise ValueError(f"model: expected a BLADE checkpoint in models/blade, got {model!r} "
+                             "(not found). Download epoch_2.pth from the BLADE project into "
+                             "ComfyUI/models/blade and refresh.")
+        net = lib("pose.posenet").load_posenet(paths[0])
+        return (net.to(torch_device()),)
+
+
 class BladeLoadPoseKeypoints:
     CATEGORY = "BLADE/pose"
     DESCRIPTION = ("Reads a POSE_KEYPOINT JSON file (OpenPose/DWPose keypoints, e.g. saved by "
