@@ -191,3 +191,20 @@ def test_group_attention_matches_dense_masked(G, S, box):
     layout = GroupLayout(G, S, box)
     dense = attn(x, v, layout.dense_mask())
     torch.testing.assert_close(attn.forward_grouped(x, v, layout), dense, atol=1e-5, rtol=1e-5)
+
+
+@needs_fixture
+def test_load_posenet_node(tmp_path, monkeypatch):
+    nodes = pytest.importorskip("nodes")
+    if "BladeLoadPoseNet" not in nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("BladeLoadPoseNet not registered")
+    (tmp_path / "blade").mkdir()
+    (tmp_path / "blade" / "posenet_reduced.safetensors").symlink_to(
+        FIX / "posenet_reduced_weights.safetensors")
+    monkeypatch.setenv("BLADE_MODELS_DIR", str(tmp_path))
+    cls = nodes.NODE_CLASS_MAPPINGS["BladeLoadPoseNet"]
+    assert cls.INPUT_TYPES()["required"]["model"][0] == ["posenet_reduced.safetensors"]
+    (net,) = cls().load("posenet_reduced.safetensors")
+    assert isinstance(net, PoseNet) and net.cfg == REDUCED
+    with pytest.raises(ValueError, match="expected a BLADE checkpoint in models/blade"):
+        cls().load("missing.pth")
