@@ -153,28 +153,29 @@ def _soft_iou(p: Tensor, g: Tensor) -> Tensor:
     return (inter + 1e-6) / ((p + g - p * g).sum() + 1e-6)
 
 
-def _silhouette_loss(sil: Tensor, target_b: Tensor, sigma: float) -> Tensor:
+def _silhouette_loss(sil: Tensor, lvl) -> Tensor:
     """Differentiable stage loss on full images (the CUDA path); see :func:`_iou_surrogate`."""
-    G = _blur(sil, sigma)
-    if sigma > 0:
-        return ((G - target_b) ** 2).sum() / target_b.sum().clamp_min(1.0)
-    return 1 - _soft_iou(G, target_b)
+    G = _blur(sil, lvl.sigma)
+    if lvl.sigma > 0:
+        return (lvl.valid * (G - lvl.target_b) ** 2).sum() / lvl.target.sum().clamp_min(1.0)
+    return 1 - _soft_iou(G, lvl.target)
 
 
-def _iou_surrogate(terms: EdgeTerms, target_b: Tensor, support: Tensor, sigma: float) -> Tensor:
+def _iou_surrogate(terms: EdgeTerms, lvl) -> Tensor:
     """A scalar whose value is the stage loss and whose gradient is that loss's, computed
     in closed form inside the bounding box of the render and the target.
 
-    Stage loss: with blur (sigma > 0) the squared difference of the blurred silhouette
-    and blurred mask over the mask area; without blur 1 - soft IoU. (The soft IoU of
+    Stage loss, on the silhouette S clipped to the image (S * valid): with blur
+    (sigma > 0) the squared difference of blur(S) and the blurred mask, over the image
+    and divided by the mask area; without blur 1 - soft IoU(S, mask). (The soft IoU of
     blurred masks, as in the official solver, is maximised by a silhouette larger than
     the mask wherever the blur makes values fractional, so it is only used unblurred.)
-
-    The blur is linear and symmetric, so dL/dsil = blur(dL/dG) with G = blur(sil); only
-    the edge corrections carry gradients, so the backward pass touches ~N outline pixels.
+    The blur is linear and symmetric, so dL/dS = blur(dL/dG) with G = blur(S); only the
+    edge corrections carry gradients, so the backward pass touches ~N outline pixels.
     """
+    sigma = lvl.sigma
     h, w = terms.hard.shape
-    occ = terms.hard | support
+    occ = terms.hard | lvl.support
     rows = torch.nonzero(occ.any(1)).flatten()
     cols = torch.nonzero(occ.any(0)).flatten()
     if rows.numel() == 0:
@@ -186,22 +187,24 @@ def _iou_surrogate(terms: EdgeTerms, target_b: Tensor, support: Tensor, sigma: f
     ir, ic = terms.index // w - r0, terms.index % w - c0
     inside = (ir >= 0) & (ir < hh) & (ic >= 0) & (ic < ww)
     local = (ir * ww + ic).clamp(0, hh * ww - 1)
-    val = terms.value.detach().to(target_b.dtype) * inside
     with torch.no_grad():
-        S = terms.hard[r0:r1, c0:c1].to(target_b.dtype).reshape(-1).index_add(0, local, val)
-        S = S.reshape(hh, ww)
+        V = lvl.valid[r0:r1, c0:c1]
+        val = terms.value.detach().to(V.dtype) * inside
+        S = terms.hard[r0:r1, c0:c1].to(V.dtype).reshape(-1).index_add(0, local, val)
+        S = S.reshape(hh, ww) * V
         G = _blur(S, sigma)
-        T = target_b[r0:r1, c0:c1]
         if sigma > 0:  # mean squared difference of the blurred images / mask area
-            area = T.sum().clamp_min(1.0)
+            T = lvl.target_b[r0:r1, c0:c1]
+            area = lvl.target.sum().clamp_min(1.0)
             value = ((G - T) ** 2).sum() / area
             dG = 2 * (G - T) / area
         else:  # 1 - soft IoU
+            T = lvl.target[r0:r1, c0:c1]
             inter = (G * T).sum() + 1e-6
             union = (G + T - G * T).sum() + 1e-6
             value = 1 - inter / union
             dG = -(T * union - inter * (1 - T)) / union ** 2
-        dS = _blur(dG, sigma).reshape(-1)
+        dS = (_blur(dG, sigma) * V).reshape(-1)
     wgt = (dS[local] * inside).to(torch.float64)
     return value.double() + (wgt * terms.value).sum() - (wgt * terms.value.detach()).sum()
 
@@ -330,24 +333,103 @@ def _check_frame(mask: Tensor, tz: float, cfg: SolveConfig) -> str | None:
     return None
 
 
-def _moment_init(geom, faces, mask_lvl: Tensor, scale: float, f: float, t: Tensor,
-                 pp: Tensor, tz_ref: float, iters: int = 4) -> tuple[float, Tensor]:
-    """Match the rendered silhouette's area and centroid to the mask's (hard renders)."""
-    from ..render import rasterize
+@dataclass
+class _Level:
+    """One resolution of the solve: the window downscaled by an integer factor k."""
+    k: int
+    h: int
+    w: int
+    sigma: float
+    pp: Tensor  # [2] principal point in this level's pixels
+    target: Tensor  # [h, w] mask coverage (area average), 0 outside the image
+    valid: Tensor  # [h, w] fraction of each pixel inside the image
+    target_b: Tensor  # blurred target
+    support: Tensor  # [h, w] bool, where target_b > 0
 
-    h, w = mask_lvl.shape
+    def render(self, verts_cam: Tensor, faces: Tensor, focal: Tensor, backend: str):
+        from ..render import rasterize
+        return rasterize(verts_cam[None], faces, (focal / self.k)[None], self.pp[None], self.h,
+                         self.w, backend="cpu" if backend == "cpu" else "auto").mask[0]
+
+
+def _window(mask: Tensor, ks: list[int]) -> tuple[int, int, int, int]:
+    """(x0, y0, Wc, Hc): the mask's box with a margin, sizes multiples of lcm(ks); may
+    extend past the image (those pixels are marked invalid)."""
+    H, W = mask.shape
+    fg = mask > 0.5
+    rows = torch.nonzero(fg.any(1)).flatten()
+    cols = torch.nonzero(fg.any(0)).flatten()
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    margin = max(8, int(0.3 * max(r1 - r0, c1 - c0)))
+    x0, x1 = max(0, c0 - margin), min(W, c1 + margin)
+    y0, y1 = max(0, r0 - margin), min(H, r1 + margin)
+    m = math.lcm(*ks)
+    wc, hc = -(-(x1 - x0) // m) * m, -(-(y1 - y0) // m) * m
+    x0 -= (wc - (x1 - x0)) // 2
+    y0 -= (hc - (y1 - y0)) // 2
+    return x0, y0, wc, hc
+
+
+def _levels(mask: Tensor, cfg: SolveConfig) -> tuple[list[_Level], tuple[int, int]]:
+    H, W = mask.shape
+    dev = mask.device
+    fg = mask > 0.5
+    rows = torch.nonzero(fg.any(1)).flatten()
+    cols = torch.nonzero(fg.any(0)).flatten()
+    # long side of the window (see _window), which never exceeds the image's by much
+    approx = min(max(int(rows[-1] - rows[0]), int(cols[-1] - cols[0])) * 1.6 + 16, max(H, W))
+    k_fine = max(1, math.ceil(approx / cfg.max_size))
+    ks = []
+    for s, _, _ in cfg.stages:
+        k = k_fine * max(1, round(1 / s))
+        k = max(k_fine, min(k, int(approx // cfg.min_level_size)))
+        ks.append(k)
+    x0, y0, wc, hc = _window(mask, ks)
+    levels = [_make_level(mask, x0, y0, wc, hc, k, sigma) for k, (_, sigma, _) in zip(ks, cfg.stages)]
+    return levels, (x0, y0)
+
+
+def _make_level(mask: Tensor, x0: int, y0: int, wc: int, hc: int, k: int, sigma: float) -> _Level:
+    """The window [x0, x0 + wc) x [y0, y0 + hc) of the mask (zeros and invalid outside the
+    image), downscaled by k (area average)."""
+    H, W = mask.shape
+    dev = mask.device
+    tgt = torch.zeros(hc, wc, dtype=torch.float32, device=dev)
+    val = torch.zeros(hc, wc, dtype=torch.float32, device=dev)
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(W, x0 + wc), min(H, y0 + hc)
+    tgt[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = mask[iy0:iy1, ix0:ix1]
+    val[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = 1
+    pp = torch.tensor([W / 2 - x0, H / 2 - y0], dtype=torch.float64, device=dev)
+    t = F.avg_pool2d(tgt[None, None], k)[0, 0] if k > 1 else tgt
+    v = F.avg_pool2d(val[None, None], k)[0, 0] if k > 1 else val
+    tb = _blur(t, sigma)
+    return _Level(k, hc // k, wc // k, sigma, pp / k, t, v, tb, tb > 0)
+
+
+def _full_level(mask: Tensor, size: int = 192) -> _Level:
+    """The whole image at about ``size`` pixels on the long side (for the start)."""
+    H, W = mask.shape
+    k = max(1, math.ceil(max(H, W) / size))
+    wc, hc = -(-W // k) * k, -(-H // k) * k
+    return _make_level(mask, 0, 0, wc, hc, k, 0.0)
+
+
+def _moment_init(verts: Tensor, faces: Tensor, lvl: _Level, f: float, t: Tensor,
+                 tz_ref: float, iters: int = 4) -> tuple[float, Tensor]:
+    """Match the rendered silhouette's area and centroid to the mask's (hard renders)."""
+    h, w = lvl.h, lvl.w
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
                             torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
-    g = mask_lvl.detach().double().cpu()
+    g = lvl.target.detach().double().cpu()
+    v = lvl.valid.detach().double().cpu()
     at = float(g.sum())
     ct = torch.stack([(g * xs).sum(), (g * ys).sum()]) / max(at, 1e-9)
-    verts = geom()[0].detach().double().cpu()
-    ppl = pp.double().cpu() * scale
-    t = t.clone()
+    verts = verts.detach().double().cpu()
+    ppl = lvl.pp.double().cpu()
+    t = t.clone().cpu()
     for _ in range(iters):
-        fr = rasterize((verts + t)[None], faces.cpu(), torch.tensor([f * scale], dtype=torch.float64),
-                       ppl[None], h, w, backend="cpu")
-        r = fr.mask[0].double()
+        r = lvl.render(verts + t, faces.cpu(), torch.tensor(f, dtype=torch.float64), "cpu")
+        r = r.double() * v
         ar = float(r.sum())
         if ar < 1:
             break
@@ -356,24 +438,18 @@ def _moment_init(geom, faces, mask_lvl: Tensor, scale: float, f: float, t: Tenso
         f = f * ratio
         cr = ppl + (cr - ppl) * ratio
         du = ct - cr  # pixels at this level
-        t[:2] = t[:2] + du / (f * scale) * tz_ref
+        t[:2] = t[:2] + du * lvl.k / f * tz_ref
     return f, t
 
 
 @torch.no_grad()
-def _level_iou(geom, faces, camera_now, level, mask_f: Tensor, W: int, H: int,
-               backend: str) -> float:
-    """Hard IoU of the current body and camera at a level (no gradient)."""
-    from ..render import rasterize
-
-    sy, sx, h, w, _ = level
+def _level_iou(geom, faces, camera_now, lvl: _Level, backend: str) -> float:
+    """Hard IoU of the current body and camera at a level, inside the image (no gradient)."""
     verts, _ = geom()
     fv, T = camera_now()
-    dev = mask_f.device
-    fr = rasterize((verts.detach().double() + T.detach())[None], faces, (fv.detach() * sx)[None],
-                   torch.tensor([[sx * W / 2, sy * H / 2]], dtype=torch.float64, device=dev),
-                   h, w, backend="cpu" if backend == "cpu" else "auto")
-    return float(mask_iou(fr.mask[0].to(dev), _resize(mask_f, h, w) > 0.5))
+    r = lvl.render(verts.detach().double() + T.detach(), faces, fv.detach(), backend)
+    inside = lvl.valid > 0.5
+    return float(mask_iou(r.to(lvl.target.device) & inside, lvl.target > 0.5))
 
 
 def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d: Tensor | None,
@@ -388,21 +464,12 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
     t0 = torch.tensor([0.0, 0.0, tz_used - pelvis_z], dtype=torch.float64, device=dev)
     if problem is not None:
         return _FrameResult(f0, t0, 0.0, False, 0, f0, t0, None, problem)
-
-    work = min(1.0, cfg.max_size / max(H, W))
-    levels = []
-    for s, sigma, _ in cfg.stages:
-        # coarse levels keep at least min_level_size pixels on the long side
-        sc = min(work, max(s * work, cfg.min_level_size / max(H, W)))
-        h, w = max(8, round(H * sc)), max(8, round(W * sc))
-        levels.append((h / H, w / W, h, w, sigma))
-    mask_f = mask.float()
-    fine_hard_target = None
+    levels, _ = _levels(mask.float(), cfg)
 
     # -- closed-form start
     f, t = f0, t0.clone()
     use_kp = kp2d is not None and cfg.init in ("auto", "keypoints")
-    kp3d_0 = geom()[1]
+    verts_0, kp3d_0 = geom()
     good = None
     if kp2d is not None and kp3d_0 is not None:
         good = (kp2d[:, 2] > cfg.kpt_conf) & (kp2d[:, 0] >= 0) & (kp2d[:, 0] < W) & \
@@ -412,8 +479,7 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
                              pp.cpu())
         t = t.to(dev)
     elif cfg.init in ("auto", "mask"):
-        sy, sx, h, w, _ = levels[min(1, len(levels) - 1)]
-        f, t = _moment_init(geom, faces, _resize(mask_f, h, w), h / H, f, t.cpu(), pp, tz_used)
+        f, t = _moment_init(verts_0, faces, _full_level(mask.float()), f, t, tz_used)
         t = t.to(dev)
 
     # -- optimisation variables
@@ -444,19 +510,17 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
     shares = [s[2] for s in cfg.stages]
     counts = [int(round(cfg.iterations * s / sum(shares))) for s in shares]
     counts[-1] = max(0, cfg.iterations - sum(counts[:-1]))
-    best = (_level_iou(geom, faces, camera_now, levels[-1], mask_f, W, H, backend), snapshot())
+    fine = levels[-1]
+    fine_inside = fine.valid > 0.5
+    fine_target = fine.target > 0.5
+    best = (_level_iou(geom, faces, camera_now, fine, backend), snapshot())
     steps = 0
     kp_scale = None
     if kp2d is not None and good is not None and int(good.sum()) >= 2:
         box = kp2d[good, :2]
         kp_scale = float((box.amax(0) - box.amin(0)).amax().clamp_min(1.0))
-    for si, ((sy, sx, h, w, sigma), n) in enumerate(zip(levels, counts)):
+    for si, (lvl, n) in enumerate(zip(levels, counts)):
         last = si == len(levels) - 1
-        target = _resize(mask_f, h, w)
-        target_b = _blur(target, sigma)
-        support = target_b > 0
-        if last:
-            fine_hard_target = target > 0.5
         lr_mult = cfg.stage_lr[si]
         for it in range(n):
             tick()
@@ -466,16 +530,16 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
             opt.zero_grad(set_to_none=True)
             verts, kp3d = geom()
             fv, T = camera_now()
-            vc = (verts.double() + T)[None]
-            scale_pp = torch.tensor([[sx * W / 2, sy * H / 2]], dtype=torch.float64, device=dev)
+            vc = verts.double() + T
             if backend == "cpu":
-                terms = edge_terms(vc[0], faces, fv * sx, scale_pp[0], h, w, adjacency=adj)
-                hard = terms.hard[None]
-                loss = _iou_surrogate(terms, target_b, support, sigma)
+                terms = edge_terms(vc, faces, fv / lvl.k, lvl.pp, lvl.h, lvl.w, adjacency=adj)
+                hard = terms.hard
+                loss = _iou_surrogate(terms, lvl)
             else:
-                sil, hard = silhouette(vc, faces, (fv * sx)[None], scale_pp, h, w,
-                                       backend=backend)
-                loss = _silhouette_loss(sil[0].to(target_b.dtype), target_b, sigma)
+                sil, hard = silhouette(vc[None], faces, (fv / lvl.k)[None], lvl.pp[None], lvl.h,
+                                       lvl.w, backend=backend)
+                hard = hard[0]
+                loss = _silhouette_loss(sil[0].float() * lvl.valid, lvl)
             loss = loss.double()
             if cfg.opt_tz:
                 loss = loss + cfg.tz_prior * (logtz - logtz0) ** 2
@@ -486,7 +550,7 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
                 loss = loss + cfg.kpt_weight * ((uv - kp2d[good, :2].double()).abs().mean()
                                                 / kp_scale)
             if last:
-                hi = float(mask_iou(hard[0], fine_hard_target))
+                hi = float(mask_iou(hard.to(dev) & fine_inside, fine_target))
                 if hi > best[0]:
                     best = (hi, snapshot())
             loss.backward()
@@ -497,7 +561,7 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
             steps += 1
     # the last update, evaluated once at the finest level
     if steps:
-        hi = _level_iou(geom, faces, camera_now, levels[-1], mask_f, W, H, backend)
+        hi = _level_iou(geom, faces, camera_now, fine, backend)
         if hi > best[0]:
             best = (hi, snapshot())
     f_b, t_b, pose_b = best[1]
