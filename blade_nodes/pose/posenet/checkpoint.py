@@ -116,7 +116,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
             return load_file(str(path))
         if suffix in (".pth", ".pt", ".ckpt", ".bin"):
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = _torch_load_safe(path)
             if not isinstance(sd, dict):
                 raise PoseNetCheckpointError(f"{path.name}: expected a state dict, "
                                              f"got {type(sd).__name__}")
@@ -124,11 +124,48 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except PoseNetCheckpointError:
         raise
     except Exception as exc:  # corrupt / truncated / pickled code refused by weights_only
+        if "Weights only load failed" in str(exc):
+            raise PoseNetCheckpointError(
+                f"{path.name}: could not be read safely: it contains Python objects that "
+                "weights-only loading refuses. Convert it once, in a trusted environment, to "
+                "a .safetensors of its 'state_dict' tensors and load that.") from exc
         raise PoseNetCheckpointError(
             f"{path.name}: could not be read as {suffix} ({type(exc).__name__}: "
             f"{str(exc)[:200]}). The file may be truncated or not a weights file; "
             "download it again.") from exc
     raise PoseNetCheckpointError(f"{path.name}: expected .safetensors or .pth, got {suffix!r}")
+
+
+def _numpy_data_globals() -> list:
+    """numpy scalar / array / dtype reconstructors (data only, no code): mmcv checkpoints keep
+    numpy numbers in their ``meta`` (e.g. ``hook_msgs``), which plain weights-only loading
+    refuses. Both the numpy 1 and numpy 2 module names are allowed."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    core = getattr(np, "_core", None) or np.core
+    out: list = [np.ndarray, np.dtype]
+    for obj, name in ((core.multiarray.scalar, "scalar"),
+                      (core.multiarray._reconstruct, "_reconstruct")):
+        out += [(obj, f"numpy.core.multiarray.{name}"), (obj, f"numpy._core.multiarray.{name}")]
+    out += [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32,
+                                        np.int16, np.int8, np.uint8, np.bool_)]
+    return out
+
+
+def _torch_load_safe(path: Path):
+    """``torch.load(weights_only=True)``, memory-mapped when possible (a BLADE checkpoint also
+    holds the DepthNet; only the PoseNet tensors are then read), with numpy data types allowed."""
+    def load(**kw):
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True, **kw)
+    try:
+        return load(mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zip" not in str(exc):
+            raise
+        return load()
 
 
 def infer_config(state: dict[str, Tensor]) -> PoseNetConfig:
