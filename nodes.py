@@ -98,6 +98,42 @@ def torch_device():
     return torch.device("cpu")
 
 
+def autograd(fn):
+    """Decorator for node functions that optimise with autograd. ComfyUI runs every node
+    inside ``torch.inference_mode()``: gradients are off and every tensor made there (the
+    loaded body model's buffers, the input images and masks) is an "inference tensor" that
+    autograd refuses to save. This turns gradients back on and clones such tensors (in
+    nn.Modules in place, once; in arguments, tensors and frozen dataclasses, as copies)."""
+    import dataclasses
+    import functools
+
+    import torch
+
+    def plain(x):
+        if isinstance(x, torch.Tensor):
+            return x.clone() if x.is_inference() else x
+        if isinstance(x, torch.nn.Module):
+            for m in x.modules():
+                for k, b in list(m._buffers.items()):
+                    if b is not None and b.is_inference():
+                        m._buffers[k] = b.clone()
+                for k, p in list(m._parameters.items()):
+                    if p is not None and p.is_inference():
+                        m._parameters[k] = torch.nn.Parameter(p.clone(), p.requires_grad)
+            return x
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            changes = {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)
+                       if f.init and isinstance(getattr(x, f.name), (torch.Tensor, torch.nn.Module))}
+            return dataclasses.replace(x, **changes) if changes else x
+        return x
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(self, *(plain(a) for a in args), **{k: plain(v) for k, v in kwargs.items()})
+    return run
+
+
 def _body_model_choices() -> list[str]:
     return [OPEN_BODY] + [p.name for p in lib("body").find_body_models(model_dirs("smplx"))]
 
@@ -365,6 +401,77 @@ class BladeLoadPoseKeypoints:
         return (frames,)
 
 
+class BladeEstimatePose:
+    CATEGORY = "BLADE/pose"
+    DESCRIPTION = ("SMPL-X body (shape, pose, hands) per image with the pelvis at the depth Tz. "
+                   "From 2D keypoints (DWPose/OpenPose POSE_KEYPOINT) by fitting, no weights "
+                   "needed; or from the BLADE PoseNet, refined on the keypoints when both are "
+                   "connected. Frames without a usable person come out neutral, flagged invalid.")
+    RETURN_TYPES = ("BLADE_SMPLX", "BLADE_CAMERA", "STRING")
+    RETURN_NAMES = ("smplx", "camera", "report")
+    OUTPUT_TOOLTIPS = ("SMPL-X parameters per image (valid = False for frames that could not "
+                       "be fitted).",
+                       "The fit's camera: focal used, T with the pelvis at depth Tz (refine it "
+                       "with BLADE Solve Camera).",
+                       "What was fitted, the keypoint error in pixels and any frame problems.")
+    FUNCTION = "estimate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The photos (batch = frames)."}),
+            "tz": ("BLADE_TZ", {"tooltip": "Pelvis depth per image (BLADE Estimate Tz)."}),
+            "body_model": ("BLADE_BODY_MODEL", {"tooltip": "SMPL-X or the open body."}),
+        }, "optional": {
+            "keypoints": ("POSE_KEYPOINT", {
+                "tooltip": "2D keypoints of the same images (DWPose / OpenPose estimator of "
+                           "comfyui_controlnet_aux, or BLADE Load Pose Keypoints); pixel or "
+                           "normalised coordinates."}),
+            "mask": ("MASK", {"tooltip": "Person mask; picks the person when person_index "
+                                         "is -1."}),
+            "posenet": ("BLADE_POSENET", {"tooltip": "BLADE PoseNet (BLADE Load PoseNet); "
+                                                     "optional when keypoints are connected."}),
+            "person_index": ("INT", {"default": 0, "min": -1, "max": 99,
+                                     "tooltip": "Which person of the keypoints (0 = first); "
+                                                "-1 = automatic (most points inside the mask, "
+                                                "else the largest)."}),
+            "iterations": ("INT", {"default": 200, "min": 10, "max": 2000, "step": 10,
+                                   "tooltip": "Optimisation steps of the keypoint fit (more = "
+                                              "slower, rarely better beyond 300)."}),
+            "refine_tz": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Let the fit adjust Tz (within about 25 %) "
+                                                 "to the keypoints; off keeps Tz as given."}),
+            "focal_length": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
+                                       "tooltip": "Focal length in pixels of the image; 0 = "
+                                                  "from 'camera' if connected, else 60 degrees "
+                                                  "over the longer side."}),
+            "camera": ("BLADE_CAMERA", {"tooltip": "A known camera: its focal length and "
+                                                   "principal point are used."}),
+        }}
+
+    @autograd  # ComfyUI runs nodes in inference mode: the fit needs gradients
+    def estimate(self, image, tz, body_model, keypoints=None, mask=None, posenet=None,
+                 person_index=0, iterations=200, refine_tz=False, focal_length=0.0, camera=None):
+        est_mod = lib("pose.estimate")
+        fit_mod = lib("pose.fit")
+        cfg = fit_mod.FitConfig(iterations=int(iterations), refine_tz=bool(refine_tz))
+        focal = principal = None
+        if camera is not None:
+            focal, principal = camera.focal.float().cpu(), camera.principal.float().cpu()
+        if focal_length and focal_length > 0:
+            focal = float(focal_length)
+        img = image.permute(0, 3, 1, 2).float().cpu()
+        est = est_mod.estimate_pose(
+            body_model, img, tz, keypoints=keypoints,
+            mask=None if mask is None else mask.float().cpu(), posenet=posenet,
+            person_index=int(person_index), focal=focal, principal=principal, cfg=cfg,
+            progress=progress(cfg.iterations))
+        text = est_mod.report(est)
+        for line in text.splitlines()[1:]:
+            log.info("BLADE Estimate Pose: %s", line)
+        return {"ui": {"text": [text]}, "result": (est.fit.params, est.fit.camera, text)}
+
+
 # ---------------------------------------------------------------- camera (stage 3)
 class BladeSolveCamera:
     CATEGORY = "BLADE/camera"
@@ -411,6 +518,7 @@ class BladeSolveCamera:
                                                        "reprojection term."}),
         }}
 
+    @autograd  # ComfyUI runs nodes in inference mode: the solver needs gradients
     def solve(self, smplx, body_model, tz, mask, image, iterations=60, opt_tz=False,
               opt_pose=False, backend="auto", keypoints=None):
         import torch

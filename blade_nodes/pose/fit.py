@@ -141,7 +141,9 @@ class FitConfig:
         limit_prior: weight of the joint-limit hinges (``POSE_LIMITS``).
         hinge_prior: L2 weight on knee and elbow rotation off their bending axis.
         natural_prior: 1 centres the pose prior on ``NATURAL_POSE`` (favours limbs forward),
-            0 on the T-pose.
+            0 on the T-pose; the body pose also starts there.
+        anneal: the pose prior starts this many times stronger in stage 2 and relaxes to
+            1x over its first half (keeps limbs on the plausible side of depth flips).
         fit_hands: solve finger poses where hand keypoints exist.
         refine_tz: let Tz move (log-normal prior around the given Tz, ``tz_sigma``).
         tz_sigma: relative spread of the Tz prior when refining (0.25: 25 %).
@@ -162,6 +164,7 @@ class FitConfig:
     limit_prior: float = 100.0
     hinge_prior: float = 2.0
     natural_prior: float = 1.0
+    anneal: float = 10.0
     fit_hands: bool = True
     refine_tz: bool = False
     tz_sigma: float = 0.25
@@ -375,7 +378,8 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         prior_mean = pose0.clone()
     else:
         R0 = axis_angle_to_matrix(torch.tensor(START_ORIENTS[:S], dtype=dtype, device=dev)).repeat(n, 1, 1)
-        pose0 = torch.zeros(N, 63, device=dev)
+        # start from the prior's centre: limbs begin on the forward side of their flips
+        pose0 = (NATURAL_POSE.reshape(1, 63) * cfg.natural_prior).to(dev).repeat(N, 1)
         lh0 = torch.zeros(N, 45, device=dev)
         rh0 = torch.zeros(N, 45, device=dev)
         betas0 = torch.zeros(N, nbetas, device=dev)
@@ -393,6 +397,8 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
     hand_on = has_hand.to(dtype) if cfg.fit_hands else torch.zeros_like(has_hand, dtype=dtype)
     tau2 = 0.01 ** 2  # unit of the data term: 1 % of the person size
     sigma2 = cfg.robust_sigma ** 2
+
+    anneal = [1.0]  # pose-prior multiplier, lowered during stage 2 (coarse to fine)
 
     def energy(stage: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         R_root = axis_angle_to_matrix(d_root) @ R0
@@ -420,7 +426,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
                 ww = w[:, sl]
                 data = data + part_w[name] * (ww * rho[:, sl]).sum(1) / ww.sum(1).clamp_min(1e-6)
         bp = body_pose.reshape(N, 21, 3)
-        prior = cfg.pose_prior * (joint_prior * (bp - prior_mean.reshape(N, 21, 3)) ** 2).sum((1, 2))
+        prior = anneal[0] * cfg.pose_prior * (joint_prior * (bp - prior_mean.reshape(N, 21, 3)) ** 2).sum((1, 2))
         # joint limits (knees and elbows bend one way, hips barely extend, ...)
         limits = (torch.relu(lim_lo - bp) ** 2 + torch.relu(bp - lim_hi) ** 2).sum((1, 2))
         prior = prior + cfg.limit_prior * limits
@@ -450,7 +456,9 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         opt = torch.optim.Adam([{"params": [p], "lr": cfg.lr * (0.5 if p is duv else
                                                               0.2 if p is log_tz else 1.0)}
                                 for p in params])
-        for _ in range(iters):
+        for k in range(iters):
+            if stage == 2:  # pose prior from cfg.anneal x down to 1x over the first half
+                anneal[0] = 1.0 + (cfg.anneal - 1.0) * max(0.0, 1.0 - 2.0 * k / iters)
             opt.zero_grad(set_to_none=True)
             e = energy(stage)[0]
             e.sum().backward()
@@ -458,6 +466,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
             step += 1
             if progress and step % every == 0:
                 progress(step, cfg.iterations)
+    anneal[0] = 1.0
     with torch.no_grad():
         e, rms, t_z, pelvis_cam, pelvis_body = energy(2)
         best = e.reshape(n, S).argmin(1)  # [n]
