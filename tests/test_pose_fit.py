@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blade_nodes.body import SMPLXParams
-from blade_nodes.body.keypoints import FORMATS, keypoint_map
+from blade_nodes.body.keypoints import FORMATS
 from blade_nodes.camera import project_points
 from blade_nodes.pose.estimate import PoseNetUnavailable, estimate_pose, tz_values
 from blade_nodes.pose.fit import POSE_LIMITS, FitConfig, fit_smplx_to_keypoints

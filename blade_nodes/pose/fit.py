@@ -26,7 +26,7 @@ Joints come from :class:`~blade_nodes.pose.skeleton.SparseSkeleton` (no full mes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
