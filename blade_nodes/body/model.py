@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..io.paths import cache_root
 from .keypoints import KeypointMap, keypoint_map
 from .params import SMPLXParams
 from .safe_pickle import load_model_pickle
@@ -57,12 +58,6 @@ def _gender_from_name(name: str) -> str:
         if g in up:
             return g.lower()
     return "neutral"
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("BLADE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "blade-nodes")
-    return Path(root)
 
 
 def read_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
@@ -108,7 +103,7 @@ def _safe_npz_for(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     if path.suffix.lower() == ".npz":
         return path
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    out = _cache_dir() / "converted" / f"{path.stem}-{digest}.npz"
+    out = cache_root() / "converted" / f"{path.stem}-{digest}.npz"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp.npz")

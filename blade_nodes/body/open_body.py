@@ -118,6 +118,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..io.paths import cache_root
+
 FORMAT_VERSION = 3  # bump whenever the file's content changes (it is part of the cache path)
 FILE_NAME = "BLADE_OPEN_BODY.npz"
 BODY_KIND = "open-body-anny"
@@ -206,12 +208,6 @@ PIVOT_BONES = _pivot_bones()
 
 
 # --------------------------------------------------------------------------- location
-def _cache_root() -> Path:
-    root = os.environ.get("BLADE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "blade-nodes")
-    return Path(root)
-
-
 def open_body_path() -> Path:
     """Where the open body file lives: ``$BLADE_OPEN_BODY`` if set, else
     ``<cache>/open_body/v<FORMAT_VERSION>/BLADE_OPEN_BODY.npz`` with ``<cache>`` =
@@ -219,7 +215,7 @@ def open_body_path() -> Path:
     env = os.environ.get("BLADE_OPEN_BODY")
     if env:
         return Path(env).expanduser().absolute()
-    return (_cache_root() / "open_body" / f"v{FORMAT_VERSION}" / FILE_NAME).absolute()
+    return (cache_root() / "open_body" / f"v{FORMAT_VERSION}" / FILE_NAME).absolute()
 
 
 def ensure_open_body(rebuild: bool = False,

@@ -24,6 +24,14 @@ def model_dirs(kind: str) -> list[Path]:
     return [models_root() / kind]
 
 
+def cache_root() -> Path:
+    """Where built or converted files are cached: ``$BLADE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/blade-nodes``, else ``~/.cache/blade-nodes``."""
+    root = os.environ.get("BLADE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "blade-nodes")
+    return Path(root)
+
+
 def output_root() -> Path:
     return Path(os.environ.get("BLADE_OUTPUT_DIR") or "output").absolute()
 
