@@ -135,16 +135,17 @@ def main() -> None:
     }
     rows = []
     for name, cond in conditions.items():
-        r = dict(f=[], txy=[], tz=[], tz_in=[], iou=[], it=[], s=[], ref=[], mask_iou=[])
+        r = dict(cpu=[], f=[], txy=[], tz=[], tz_in=[], iou=[], it=[], s=[], ref=[], mask_iou=[])
         crng = np.random.default_rng(args.seed + 1)
         for c in cases:
             m = noisy(c["mask"], crng) if cond["noise"] else c["mask"]
             tz_in = c["z"] * math.exp(crng.normal(0, cond["tz_err"])) if cond["tz_err"] else c["z"]
             cfg = SolveConfig(iterations=args.iterations, opt_tz=cond["opt_tz"])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fit = solve_camera(c["verts"][None], body.faces, m[None].float(),
                                torch.tensor([tz_in]), pelvis=c["pelvis"][None], cfg=cfg)
             r["s"].append(time.perf_counter() - t0)
+            r["cpu"].append(time.process_time() - c0)
             t0 = time.perf_counter()
             gt = render(c["verts"], body.faces, c["f"], c["t"], c["w"], c["h"])
             r["ref"].append(time.perf_counter() - t0)
@@ -165,7 +166,7 @@ def main() -> None:
         rows.append((name, r))
     print(f"\n{'condition':<12} {'f err % med/p90':>16} {'Txy mm med/p90':>16} "
           f"{'Tz m med/p90':>14} {'(Tz in)':>8} {'mIoU':>7} {'IoU p10':>7} {'mask IoU':>8} "
-          f"{'iters':>5} {'s/img med':>9} {'raster ms':>9}")
+          f"{'iters':>5} {'s/img med':>9} {'cpu s':>6} {'raster ms':>9}")
     for name, r in rows:
         print(f"{name:<12} {statistics.median(r['f']):7.2f} /{pct(r['f'], 90):6.2f} "
               f"{statistics.median(r['txy']):7.1f} /{pct(r['txy'], 90):6.1f} "
@@ -173,9 +174,12 @@ def main() -> None:
               f"{statistics.median(r['tz_in']):8.3f} {statistics.mean(r['iou']):7.4f} "
               f"{pct(r['iou'], 10):7.4f} {statistics.mean(r['mask_iou']):8.4f} "
               f"{statistics.median(r['it']):5.0f} {statistics.median(r['s']):9.3f} "
+              f"{statistics.median(r['cpu']):6.3f} "
               f"{1e3 * statistics.median(r['ref']):9.2f}")
     print("\nmask IoU: the given mask vs the true silhouette (1 for clean). Tz in: error of the "
-          "Tz given to the solver. s/img includes everything inside solve_camera.")
+          "Tz given to the solver. s/img: wall seconds inside solve_camera (1 thread); cpu s: "
+          "the process CPU time of the same call (less sensitive to other jobs on the machine); "
+          "raster ms: one hard raster of the body at the image size (reference, same run).")
     print(f"cases: depth {min(c['z'] for c in cases):.2f}-{max(c['z'] for c in cases):.2f} m, "
           f"FoV {min(c['fov'] for c in cases):.0f}-{max(c['fov'] for c in cases):.0f} deg, "
           f"coverage {min(c['cover'] for c in cases):.3f}-{max(c['cover'] for c in cases):.3f}")

@@ -147,64 +147,109 @@ def _walk(uv: Tensor, faces: Tensor, adj: Tensor, t0: Tensor, p0: Tensor, p1: Te
     return face, slot, ok | fb
 
 
+def _walk_one(uv, faces, adj, t0, x0, y0, x1, y1, max_walk):
+    """One segment of :func:`_walk` (plain Python, compiled by numba): (face, slot, ok)."""
+    t = t0
+    first_slot = -1
+    for step in range(max_walk):
+        ax, ay = uv[faces[t, 0], 0], uv[faces[t, 0], 1]
+        bx, by = uv[faces[t, 1], 0], uv[faces[t, 1], 1]
+        cx, cy = uv[faces[t, 2], 0], uv[faces[t, 2], 1]
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        sgn = 1.0 if area >= 0 else -1.0
+        best = np.inf
+        kb = -1
+        for k in range(3):
+            i0 = faces[t, k]
+            i1 = faces[t, (k + 1) % 3]
+            ex0, ey0 = uv[i0, 0], uv[i0, 1]
+            dx, dy = uv[i1, 0] - ex0, uv[i1, 1] - ey0
+            e0 = (dx * (y0 - ey0) - dy * (x0 - ex0)) * sgn
+            e1 = (dx * (y1 - ey0) - dy * (x1 - ex0)) * sgn
+            if e1 < e0:
+                s = e0 / (e0 - e1)
+                if s < best:
+                    best = s
+                    kb = k
+        if step == 0:
+            first_slot = kb
+        if kb < 0 or not (best < 1.0 and best > -1e-9):
+            break
+        nb = adj[t, kb]
+        contour = nb < 0
+        if not contour:
+            qx, qy = uv[faces[nb, 0], 0], uv[faces[nb, 0], 1]
+            rx, ry = uv[faces[nb, 1], 0], uv[faces[nb, 1], 1]
+            sx, sy = uv[faces[nb, 2], 0], uv[faces[nb, 2], 1]
+            narea = (rx - qx) * (sy - qy) - (ry - qy) * (sx - qx)
+            contour = narea * area <= 0
+        if contour:
+            return t, kb, True
+        t = nb
+    # no contour: the exit edge of the first triangle (the plain "edgeaa" shortcut)
+    return t0, max(first_slot, 0), first_slot >= 0
+
+
 def _walk_loop(uv, faces, adj, t0, p0, p1, max_walk, face_out, slot_out, ok_out):
-    """Same rules as :func:`_walk`, one segment at a time (compiled with numba)."""
-    n = t0.shape[0]
-    for i in range(n):
-        t = t0[i]
-        x0, y0, x1, y1 = p0[i, 0], p0[i, 1], p1[i, 0], p1[i, 1]
-        found = False
-        first_slot = -1
-        for step in range(max_walk):
-            ax, ay = uv[faces[t, 0], 0], uv[faces[t, 0], 1]
-            bx, by = uv[faces[t, 1], 0], uv[faces[t, 1], 1]
-            cx, cy = uv[faces[t, 2], 0], uv[faces[t, 2], 1]
-            area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-            sgn = 1.0 if area >= 0 else -1.0
-            best = np.inf
-            kb = -1
-            for k in range(3):
-                i0 = faces[t, k]
-                i1 = faces[t, (k + 1) % 3]
-                ex0, ey0 = uv[i0, 0], uv[i0, 1]
-                dx, dy = uv[i1, 0] - ex0, uv[i1, 1] - ey0
-                e0 = (dx * (y0 - ey0) - dy * (x0 - ex0)) * sgn
-                e1 = (dx * (y1 - ey0) - dy * (x1 - ex0)) * sgn
-                if e1 < e0:
-                    s = e0 / (e0 - e1)
-                    if s < best:
-                        best = s
-                        kb = k
-            if step == 0:
-                first_slot = kb
-            if kb < 0 or not (best < 1.0 and best > -1e-9):
-                break
-            nb = adj[t, kb]
-            contour = nb < 0
-            if not contour:
-                qx, qy = uv[faces[nb, 0], 0], uv[faces[nb, 0], 1]
-                rx, ry = uv[faces[nb, 1], 0], uv[faces[nb, 1], 1]
-                sx, sy = uv[faces[nb, 2], 0], uv[faces[nb, 2], 1]
-                narea = (rx - qx) * (sy - qy) - (ry - qy) * (sx - qx)
-                contour = narea * area <= 0
-            if contour:
-                face_out[i] = t
-                slot_out[i] = kb
-                ok_out[i] = True
-                found = True
-                break
-            t = nb
-        if not found:
-            face_out[i] = t0[i]
-            slot_out[i] = max(first_slot, 0)
-            ok_out[i] = first_slot >= 0
+    """:func:`_walk_one` over arrays of segments."""
+    for i in range(t0.shape[0]):
+        face_out[i], slot_out[i], ok_out[i] = _walk_one(
+            uv, faces, adj, t0[i], p0[i, 0], p0[i, 1], p1[i, 0], p1[i, 1], max_walk)
+
+
+def _pairs_loop(fid, uv, faces, adj, max_walk, out_i, out_f):
+    """Outline pairs of a face-id image, walked to their contour edge (numba).
+
+    For each horizontal / vertical neighbour pair with exactly one covered pixel whose
+    contour edge has the pair's orientation (steep edges for horizontal pairs), writes
+    ``out_i[n] = (covered pixel, uncovered pixel, edge vertex a, edge vertex b)`` (flat
+    pixel indices) and ``out_f[n] = (x0, y0, x1, y1)`` (the two pixel centres). Returns n.
+    """
+    h, w = fid.shape
+    n = 0
+    for d in range(2):  # 0: horizontal pairs, 1: vertical pairs
+        for r in range(h - d):
+            for c in range(w - 1 + d):
+                r2 = r + d
+                c2 = c + 1 - d
+                a = fid[r, c] >= 0
+                b = fid[r2, c2] >= 0
+                if a == b:
+                    continue
+                if a:
+                    fr, fc, br, bc = r, c, r2, c2
+                else:
+                    fr, fc, br, bc = r2, c2, r, c
+                x0, y0, x1, y1 = fc + 0.5, fr + 0.5, bc + 0.5, br + 0.5
+                t, k, ok = _walk_one(uv, faces, adj, fid[fr, fc], x0, y0, x1, y1, max_walk)
+                if not ok:
+                    continue
+                ia = faces[t, k]
+                ib = faces[t, (k + 1) % 3]
+                steep = abs(uv[ib, 1] - uv[ia, 1]) > abs(uv[ib, 0] - uv[ia, 0])
+                if steep != (d == 0):
+                    continue
+                out_i[n, 0] = fr * w + fc
+                out_i[n, 1] = br * w + bc
+                out_i[n, 2] = ia
+                out_i[n, 3] = ib
+                out_f[n, 0] = x0
+                out_f[n, 1] = y0
+                out_f[n, 2] = x1
+                out_f[n, 3] = y1
+                n += 1
+    return n
 
 
 try:
     import numba as _numba
+    _walk_one_nb = _numba.njit(cache=True, nogil=True)(_walk_one)
+    _walk_one = _walk_one_nb  # the loops below call the compiled version
     _walk_numba = _numba.njit(cache=True, nogil=True)(_walk_loop)
+    _pairs_numba = _numba.njit(cache=True, nogil=True)(_pairs_loop)
 except ImportError:  # pragma: no cover - numba is optional
     _walk_numba = None
+    _pairs_numba = None
 
 
 def _walk_any(uv: Tensor, faces: Tensor, adj: Tensor, t0: Tensor, p0: Tensor, p1: Tensor,
@@ -248,7 +293,7 @@ class EdgeTerms:
 
 def edge_terms(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tensor,
                height: int, width: int, *, max_walk: int = 8,
-               adjacency: Tensor | None = None) -> EdgeTerms:
+               adjacency: Tensor | None = None, cull: bool = True) -> EdgeTerms:
     """Hard raster and edge coverage corrections of ONE frame (CPU).
 
     Args:
@@ -258,6 +303,7 @@ def edge_terms(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tenso
         height, width: pixels.
         max_walk: most triangles crossed looking for the contour.
         adjacency: [F, 3] from :func:`face_adjacency` (computed when None).
+        cull: skip back faces in the hard raster (same coverage for closed meshes, faster).
     Returns:
         :class:`EdgeTerms` on the CPU.
     """
@@ -270,39 +316,55 @@ def edge_terms(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tenso
     vd = verts_cam.detach().to("cpu", torch.float64)
     fd = focal.detach().to("cpu", torch.float64)
     pd = principal.detach().to("cpu", torch.float64)
-    frags = rasterize(vd[None], faces, fd[None], pd[None], height, width, backend="cpu")
+    # back faces never add coverage to a closed mesh's silhouette (official: culled too)
+    frags = rasterize(vd[None], faces, fd[None], pd[None], height, width, backend="cpu",
+                      cull_backfaces=cull)
     fid = frags.face_id[0].cpu()
     fg = fid >= 0
-    ph = fg[:, :-1] != fg[:, 1:]
-    pv = fg[:-1, :] != fg[1:, :]
-    rh, ch = torch.nonzero(ph, as_tuple=True)
-    rv, cv = torch.nonzero(pv, as_tuple=True)
     empty = EdgeTerms(fg, torch.zeros(0, dtype=torch.int64),
                       verts_cam.new_zeros(0, dtype=torch.float64) + 0 * focal)
-    if rh.numel() + rv.numel() == 0:
-        return empty
-    lh = fg[rh, ch]  # True: the left pixel is covered
-    tv = fg[rv, cv]  # True: the upper pixel is covered
-    fr = torch.cat([rh, torch.where(tv, rv, rv + 1)])
-    fc = torch.cat([torch.where(lh, ch, ch + 1), cv])
-    br = torch.cat([rh, torch.where(tv, rv + 1, rv)])
-    bc = torch.cat([torch.where(lh, ch + 1, ch), cv])
-    horiz = torch.zeros(fr.numel(), dtype=torch.bool)
-    horiz[:rh.numel()] = True
-    p0 = torch.stack([fc, fr], 1).to(torch.float64) + 0.5
-    p1 = torch.stack([bc, br], 1).to(torch.float64) + 0.5
     uv_all = vd[:, :2] / vd[:, 2:].clamp_min(1e-9) * fd + pd
-    face, slot, ok = _walk_any(uv_all, faces, adj, fid[fr, fc], p0, p1, max_walk)
-    ia = faces[face, slot]
-    ib = faces[face, (slot + 1) % 3]
-    d = uv_all[ib] - uv_all[ia]
-    steep = d[:, 1].abs() > d[:, 0].abs()
-    keep = ok & (steep == horiz)
-    ia, ib, p0, p1 = ia[keep], ib[keep], p0[keep], p1[keep]
-    fidx = (fr * width + fc)[keep]
-    bidx = (br * width + bc)[keep]
-    if ia.numel() == 0:
-        return empty
+    if _pairs_numba is not None:
+        cap = int((fg[:, :-1] != fg[:, 1:]).sum() + (fg[:-1, :] != fg[1:, :]).sum())
+        if cap == 0:
+            return empty
+        out_i = np.empty((cap, 4), np.int64)
+        out_f = np.empty((cap, 4), np.float64)
+        n = _pairs_numba(fid.numpy(), uv_all.numpy(), faces.numpy(), adj.numpy(), int(max_walk),
+                         out_i, out_f)
+        if n == 0:
+            return empty
+        oi, of = torch.from_numpy(out_i[:n]), torch.from_numpy(out_f[:n])
+        fidx, bidx, ia, ib = oi.unbind(1)
+        p0, p1 = of[:, :2], of[:, 2:]
+    else:
+        ph = fg[:, :-1] != fg[:, 1:]
+        pv = fg[:-1, :] != fg[1:, :]
+        rh, ch = torch.nonzero(ph, as_tuple=True)
+        rv, cv = torch.nonzero(pv, as_tuple=True)
+        if rh.numel() + rv.numel() == 0:
+            return empty
+        lh = fg[rh, ch]  # True: the left pixel is covered
+        tv = fg[rv, cv]  # True: the upper pixel is covered
+        fr = torch.cat([rh, torch.where(tv, rv, rv + 1)])
+        fc = torch.cat([torch.where(lh, ch, ch + 1), cv])
+        br = torch.cat([rh, torch.where(tv, rv + 1, rv)])
+        bc = torch.cat([torch.where(lh, ch + 1, ch), cv])
+        horiz = torch.zeros(fr.numel(), dtype=torch.bool)
+        horiz[:rh.numel()] = True
+        p0 = torch.stack([fc, fr], 1).to(torch.float64) + 0.5
+        p1 = torch.stack([bc, br], 1).to(torch.float64) + 0.5
+        face, slot, ok = _walk(uv_all, faces, adj, fid[fr, fc], p0, p1, max_walk)
+        ia = faces[face, slot]
+        ib = faces[face, (slot + 1) % 3]
+        d = uv_all[ib] - uv_all[ia]
+        steep = d[:, 1].abs() > d[:, 0].abs()
+        keep = ok & (steep == horiz)
+        ia, ib, p0, p1 = ia[keep], ib[keep], p0[keep], p1[keep]
+        fidx = (fr * width + fc)[keep]
+        bidx = (br * width + bc)[keep]
+        if ia.numel() == 0:
+            return empty
     # differentiable part: only the end points of the crossed edges
     dev = verts_cam.device
     both = torch.cat([ia, ib]).to(dev)

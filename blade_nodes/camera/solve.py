@@ -70,12 +70,12 @@ class SolveConfig:
 
     iterations: int = 60
     stages: tuple[tuple[float, float, float], ...] = (
-        (0.25, 2.0, 0.3), (0.5, 1.0, 0.3), (1.0, 0.0, 0.4))
+        (0.25, 2.0, 0.4), (0.5, 1.0, 0.35), (1.0, 0.0, 0.25))
     max_size: int = 512
     opt_tz: bool = False
     opt_pose: bool = False
     backend: str = "auto"
-    lr_f: float = 0.01
+    lr_f: float = 0.02
     lr_t: float = 0.01
     lr_tz: float = 0.02
     lr_pose: float = 0.01
