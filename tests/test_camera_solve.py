@@ -64,10 +64,13 @@ def scene():
 
 # ----------------------------------------------------------------------- silhouette
 def test_edge_silhouette_area_and_gradient_of_a_triangle():
-    # one triangle facing the camera: coverage sum = exact area; d area / d f = 2 area / f
+    # one triangle facing the camera (counter-clockwise in the y-down image; back faces are
+    # culled): coverage sum = exact area; d area / d f = 2 area / f
     v = torch.tensor([[[-0.31, -0.22, 2.0], [0.27, -0.19, 2.0], [0.03, 0.33, 2.0]]],
                      dtype=torch.float64)
-    faces = torch.tensor([[0, 1, 2]])
+    faces = torch.tensor([[0, 2, 1]])
+    assert edge_silhouette(v, faces[:, [0, 2, 1]], torch.tensor([150.0], dtype=torch.float64),
+                           torch.tensor([[64.0, 64.0]], dtype=torch.float64), 128, 128)[1].sum() == 0
     focal = torch.tensor([150.0], dtype=torch.float64, requires_grad=True)
     pp = torch.tensor([[64.0, 64.0]], dtype=torch.float64)
     sil, hard = edge_silhouette(v, faces, focal, pp, 128, 128)
