@@ -272,3 +272,19 @@ def test_node_solves_and_checks_sizes(synthetic_body):
         mask[None], size=(96, 128))[0], image, iterations=0, backend="cpu")
     with pytest.raises(ValueError, match="another aspect ratio"):
         node.solve(params, synthetic_body, tz, torch.zeros(1, 64, 64), image, iterations=0)
+
+
+def test_numba_and_torch_outline_walks_agree(monkeypatch):
+    from blade_nodes.camera import silhouette as sil_mod
+
+    if sil_mod._pairs_numba is None:
+        pytest.skip("numba not installed: only the torch walk exists")
+    v, f = figure()
+    vc = v + torch.tensor([0.05, 0.02, 3.0], dtype=torch.float64)
+    args = (vc, f, torch.tensor(300.0, dtype=torch.float64),
+            torch.tensor([96.0, 96.0], dtype=torch.float64), 192, 192)
+    a = sil_mod.edge_terms(*args)
+    monkeypatch.setattr(sil_mod, "_pairs_numba", None)
+    b = sil_mod.edge_terms(*args)
+    key = lambda t: sorted((int(i), round(float(x), 9)) for i, x in zip(t.index, t.value))  # noqa: E731
+    assert len(key(a)) > 100 and key(a) == key(b)

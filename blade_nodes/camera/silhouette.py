@@ -190,13 +190,6 @@ def _walk_one(uv, faces, adj, t0, x0, y0, x1, y1, max_walk):
     return t0, max(first_slot, 0), first_slot >= 0
 
 
-def _walk_loop(uv, faces, adj, t0, p0, p1, max_walk, face_out, slot_out, ok_out):
-    """:func:`_walk_one` over arrays of segments."""
-    for i in range(t0.shape[0]):
-        face_out[i], slot_out[i], ok_out[i] = _walk_one(
-            uv, faces, adj, t0[i], p0[i, 0], p0[i, 1], p1[i, 0], p1[i, 1], max_walk)
-
-
 def _pairs_loop(fid, uv, faces, adj, max_walk, out_i, out_f):
     """Outline pairs of a face-id image, walked to their contour edge (numba).
 
@@ -243,27 +236,10 @@ def _pairs_loop(fid, uv, faces, adj, max_walk, out_i, out_f):
 
 try:
     import numba as _numba
-    _walk_one_nb = _numba.njit(cache=True, nogil=True)(_walk_one)
-    _walk_one = _walk_one_nb  # the loops below call the compiled version
-    _walk_numba = _numba.njit(cache=True, nogil=True)(_walk_loop)
+    _walk_one = _numba.njit(cache=True, nogil=True)(_walk_one)  # called by _pairs_loop
     _pairs_numba = _numba.njit(cache=True, nogil=True)(_pairs_loop)
-except ImportError:  # pragma: no cover - numba is optional
-    _walk_numba = None
+except ImportError:  # pragma: no cover - numba is optional; edge_terms then uses torch
     _pairs_numba = None
-
-
-def _walk_any(uv: Tensor, faces: Tensor, adj: Tensor, t0: Tensor, p0: Tensor, p1: Tensor,
-              max_walk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_walk` through numba when installed, else vectorised torch."""
-    if _walk_numba is None:
-        return _walk(uv, faces, adj, t0, p0, p1, max_walk)
-    n = t0.shape[0]
-    face = np.empty(n, np.int64)
-    slot = np.empty(n, np.int64)
-    ok = np.empty(n, np.bool_)
-    _walk_numba(uv.numpy(), faces.numpy(), adj.numpy(), t0.numpy(), p0.numpy(), p1.numpy(),
-                int(max_walk), face, slot, ok)
-    return torch.from_numpy(face), torch.from_numpy(slot), torch.from_numpy(ok)
 
 
 @dataclass(frozen=True)

@@ -216,12 +216,6 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
-def _resize(mask: Tensor, h: int, w: int) -> Tensor:
-    if mask.shape[-2:] == (h, w):
-        return mask
-    return F.interpolate(mask[None, None], size=(h, w), mode="area")[0, 0]
-
-
 def keypoint_init(kp3d: Tensor, kp2d: Tensor, good: Tensor, f: float, t: Tensor,
                   principal: Tensor, iters: int = 3) -> tuple[float, Tensor]:
     """The official closed-form start (blade_official.md §4.2), one image.
@@ -276,8 +270,9 @@ class _Fixed:
 class _Posed:
     """One frame of a body model whose root/body pose may be optimised."""
 
-    def __init__(self, body_model, params, kmap, opt_pose: bool):
+    def __init__(self, body_model, params, kmap, opt_pose: bool, device):
         self.body = body_model
+        self.device = device  # where the solve runs (the body model may live elsewhere)
         self.params = params
         self.kmap = kmap
         self.go0 = params.global_orient.detach().clone()
@@ -292,12 +287,11 @@ class _Posed:
             return self._cache
         with torch.set_grad_enabled(bool(self.tensors)):
             out = self.body(self.params.replace(global_orient=self.go, body_pose=self.bp))
-        kp = self.kmap(out.joints)[0] if self.kmap is not None else None
-        res = (out.vertices[0], kp, out.joints[0, 0])
-        self.pelvis = res[2].detach()
+        kp = self.kmap(out.joints)[0].to(self.device) if self.kmap is not None else None
+        res = (out.vertices[0].to(self.device), kp)
         if not self.tensors:
-            self._cache = res[:2]
-        return res[:2]
+            self._cache = res
+        return res
 
     def prior(self, cfg: SolveConfig) -> Tensor:
         if not self.tensors:
@@ -754,24 +748,22 @@ def solve_camera_body(body_model, params, mask: Tensor, tz, *, keypoints: Tensor
         kps = kps.clone()
         kps[:, ~kmap.available, 2] = 0
     dev = mask.device
-    body_model = body_model.to(dev)
-    one = [params.index(i if pb > 1 else 0).to(device=dev) for i in range(b)]
-    pelvis_z, geoms = [], {}
+    bdev = body_model.faces.device  # the body model is used where it is (never moved)
+    one = [params.index(i if pb > 1 else 0).to(device=bdev) for i in range(b)]
+    pelvis_z = []
     for i in range(b):
         with torch.no_grad():
             pelvis_z.append(float(body_model(one[i]).joints[0, 0, 2]))
 
     def frames(i):
-        g = _Posed(body_model, one[i], kmap, cfg.opt_pose)
-        geoms[i] = g
-        return g
+        return _Posed(body_model, one[i], kmap, cfg.opt_pose, dev)
 
     def final_verts(i, geom, r):
         if r.pose is None:
             return geom()[0].detach()
         with torch.no_grad():
-            p = one[i].replace(global_orient=r.pose[0], body_pose=r.pose[1])
-            return body_model(p).vertices[0]
+            p = one[i].replace(global_orient=r.pose[0].to(bdev), body_pose=r.pose[1].to(bdev))
+            return body_model(p).vertices[0].to(dev)
 
     results, messages = _run(frames, body_model.faces, mask, tzv, kps, pelvis_z, cfg, progress,
                              final_verts)
@@ -779,7 +771,8 @@ def solve_camera_body(body_model, params, mask: Tensor, tz, *, keypoints: Tensor
     for i, r in enumerate(results):
         p = one[i]
         if r.pose is not None and r.valid:
-            p = p.replace(global_orient=r.pose[0].detach(), body_pose=r.pose[1].detach())
+            p = p.replace(global_orient=r.pose[0].detach().to(bdev),
+                          body_pose=r.pose[1].detach().to(bdev))
         refined.append(p.to(device=params.betas.device))
     out_params = type(params).cat(refined)
     return CameraFit(
