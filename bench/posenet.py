@@ -68,13 +68,15 @@ def timed_stages(model: PoseNet) -> dict[str, float]:
     return acc
 
 
-def median_s(fn, reps: int) -> tuple[float, float]:
+def median_s(fn, reps: int, after_warmup=None) -> tuple[float, float]:
     """(median wall seconds, mean process CPU seconds) per call, after one warm-up call.
 
     On a shared machine the wall time includes waiting for other processes; the CPU time (all
     threads) does not: with --threads 1 it approximates the uncontended single-thread wall time.
     """
     fn()  # warm-up
+    if after_warmup is not None:
+        after_warmup()
     times = []
     c0 = time.process_time()
     for _ in range(reps):
@@ -105,14 +107,13 @@ def main() -> None:
         with torch.inference_mode():
             return model(x, tz)
 
-    ours, ours_cpu = (t / args.batch for t in median_s(run, args.reps))
-    n = args.reps + 1
-    stages = {k: v / n / args.batch for k, v in acc.items() if not k.startswith("_")}
+    ours, ours_cpu = (t / args.batch for t in median_s(run, args.reps, acc.clear))
+    stages = {k: v / args.reps / args.batch for k, v in acc.items() if not k.startswith("_")}
     peak = rss_mb()
     print(f"{'variant':<34} {'s/img':>7} {'CPU s/img':>10} {'peak RSS MB':>12}")
     print(f"{'port (group attention)':<34} {ours:7.2f} {ours_cpu:10.2f} {peak:12.0f}")
-    print("  stages s/img: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-          + f"; rest {ours - sum(stages.values()):.2f}")
+    print("  stages, mean wall s/img: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+          + f"; rest (projections, heads) {max(0.0, ours - sum(stages.values())):.2f}")
     print(f"  RSS before build {rss0:.0f} MB, after build {rss_model:.0f} MB")
     if not args.no_dense:
         grouped = SelfAttention.forward_grouped

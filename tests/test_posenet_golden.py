@@ -47,7 +47,8 @@ def runs(model, golden):
         for tag, n in (("b1", 1), ("b2", 2)):
             x = golden["input.posenet_img_recrop"][:n]
             tz = golden["input.tz"][:n]
-            out[tag] = model(x, tz, trace=(tag == "b1"))
+            out[tag] = model(x, tz, trace=(tag == "b1"), all_groups=True)
+            out[tag + ".selected"] = model(x, tz)
     return out
 
 
@@ -180,3 +181,23 @@ def test_predict_rejects_bad_inputs(model):
         predict_smplx(model, torch.rand(1, 3, 64, 64), -1.0)
     with pytest.raises(ValueError, match=r"tz: expected 2 values"):
         predict_smplx(model, torch.rand(2, 3, 64, 64), torch.tensor([1.0, 2.0, 3.0]))
+
+
+@pytest.mark.parametrize("tag", ["b1", "b2"])
+def test_selected_only_mode_matches(runs, golden, tag):
+    """Default mode (last layer only for the selected person) = all-groups mode = golden."""
+    full, sel, g = runs[tag], runs[tag + ".selected"], golden
+    assert torch.equal(sel.group, g[f"{tag}.selected_group_index"])
+    assert sel.groups.shape == (sel.group.shape[0], 1)
+    close("logits", sel.logits, g[f"{tag}.out.pred_logits"], 1e-4)
+    a, b = smplx_from_raw(sel), smplx_from_raw(full, sel.group)
+    for k in a:
+        close(k, a[k], b[k], 1e-4, 1e-5)
+    close("body_pose", a["body_pose"], g[f"{tag}.selected.smplx_body_pose"], 1e-3)
+    close("betas", a["betas"], g[f"{tag}.selected.smplx_shape"], 1e-4)
+    ar = torch.arange(sel.group.shape[0])
+    close("6d body", sel.pose6d[:, 0], g[f"{tag}.raw6d.body"][ar, sel.group], 1e-4)
+    close("fused feat", sel.body_feat[:, 0], g[f"{tag}.feat.body_pose_fused"][ar, sel.group],
+          2e-4)
+    with pytest.raises(ValueError, match="all_groups=True"):
+        smplx_from_raw(sel, (sel.group + 1) % REDUCED.num_group)

@@ -277,6 +277,22 @@ class SelfAttention(nn.Module):
         mask = None if blocked is None else ~blocked
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
+    def forward_rows(self, qk_in: Tensor, v_in: Tensor, layout: "GroupLayout",
+                     rows: Tensor) -> Tensor:
+        """Group-masked attention for a subset of query rows only (keys: all rows).
+
+        rows: [B, R] int64 query positions. Returns [B, R, C]."""
+        B, L, C = v_in.shape
+        H = self.n_heads
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q_in = torch.gather(qk_in, 1, rows[..., None].expand(-1, -1, C))
+        q = F.linear(q_in, w_q, b_q).view(B, -1, H, C // H).transpose(1, 2)
+        k = F.linear(qk_in, w_k, b_k).view(B, L, H, C // H).transpose(1, 2)
+        v = F.linear(v_in, w_v, b_v).view(B, L, H, C // H).transpose(1, 2)
+        allowed = ~layout.mask_rows(rows)[:, None]
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
+
     def forward_grouped(self, qk_in: Tensor, v_in: Tensor, layout: "GroupLayout") -> Tensor:
         """Attention restricted by the PoseNet group mask (see :func:`group_attention_mask`):
         every query sees its own group; box slots also see the box slots of all groups."""
@@ -326,6 +342,16 @@ class GroupLayout:
     def dense_mask(self) -> Tensor:
         return group_attention_mask(self.num_group, self.slots, tuple(self.box_slots.tolist()))
 
+    def mask_rows(self, rows: Tensor) -> Tensor:
+        """Rows ``rows`` [B, R] of the dense mask: [B, R, G*S] bool, True = blocked."""
+        S = self.slots
+        cols = torch.arange(self.num_group * S, device=rows.device)
+        box = self.box_slots.to(rows.device)
+        box_r = torch.isin(rows % S, box)
+        box_c = torch.isin(cols % S, box)
+        allowed = ((rows // S)[..., None] == (cols // S)) | (box_r[..., None] & box_c)
+        return ~allowed
+
 
 def group_attention_mask(num_group: int, slots: int, box_slots: tuple[int, ...]) -> Tensor:
     """The official decoder self-attention mask (``prepare_for_dn2``), vectorised.
@@ -349,6 +375,17 @@ class DecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm3 = nn.LayerNorm(d_model)
+
+    def forward_rows(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
+                     shapes: list[tuple[int, int]], layout: GroupLayout, rows: Tensor) -> Tensor:
+        """The layer's output for query rows ``rows`` [B, R] only -> [B, R, C] (the other rows
+        still act as keys / values of the self-attention)."""
+        def pick(t: Tensor) -> Tensor:
+            return torch.gather(t, 1, rows[..., None].expand(-1, -1, t.shape[-1]))
+        sa = self.self_attn.forward_rows(tgt + query_pos, tgt, layout, rows)
+        t = self.norm2(pick(tgt) + sa)
+        t = self.norm1(t + self.cross_attn(t + pick(query_pos), pick(reference), memory, shapes))
+        return self.norm3(t + self.linear2(F.relu(self.linear1(t))))
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
                 shapes: list[tuple[int, int]], layout: GroupLayout | None = None) -> Tensor:

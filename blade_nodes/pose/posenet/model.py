@@ -54,17 +54,21 @@ def _encoder_constants(shapes: tuple[tuple[int, int], ...]) -> tuple[Tensor, Ten
 
 @dataclass(frozen=True)
 class BranchOutput:
-    """Decoder result of one branch (batch B, G groups, S = slots_full_stage).
+    """One branch up to the input of its last decoder layer (B images, G groups, S slots per
+    group = cfg.slots_full_stage, C = hidden width, N tokens).
 
-    hs: [B, G*S, C] LayerNorm-ed hidden states of the last decoder layer.
-    reference: [B, G*S, 4] sigmoided reference boxes entering the last layer (cx, cy, w, h, 0..1).
+    last_in: [B, G*S, C] un-normed queries entering the last decoder layer.
+    reference: [B, G*S, 4] sigmoided reference boxes entering it (cx, cy, w, h, 0..1).
+    memory: [B, N, C] encoder output. shapes: (h, w) per feature level.
     two_stage_indices / two_stage_scores: [B, num_queries] encoder query selection.
-    group_indices / group_scores: [B, G] per-person selection after layer nb-1.
+    group_indices / group_scores: [B, G] person-group selection after layer nb-1.
     trace: intermediates for debugging (only with ``trace=True``), else None.
     """
 
-    hs: Tensor
+    last_in: Tensor
     reference: Tensor
+    memory: Tensor
+    shapes: tuple
     two_stage_indices: Tensor
     two_stage_scores: Tensor
     group_indices: Tensor
@@ -233,10 +237,11 @@ class Decoder(nn.Module):
 
     def forward(self, tgt: Tensor, ref_unsig: Tensor, memory: Tensor, shapes,
                 trace: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """tgt [B,Q,C] content queries; ref_unsig [B,Q,4] logit boxes; memory [B,S,C].
+        """Every layer but the last. tgt [B,Q,C] content queries; ref_unsig [B,Q,4] logit
+        boxes; memory [B,N,C].
 
-        Returns (hs of the last layer, LayerNorm-ed [B,G*S,C]; its input references [B,G*S,4];
-        group indices [B,G]; group scores [B,G])."""
+        Returns (queries entering the last layer [B,G*S,C], their references [B,G*S,4],
+        group indices [B,G], group scores [B,G]); run :meth:`last_layer` on them."""
         cfg = self.cfg
         nb, nhf, nd = cfg.num_box_decoder_layers, cfg.num_hand_face_decoder_layers, cfg.dec_layers
         B = tgt.shape[0]
@@ -245,14 +250,12 @@ class Decoder(nn.Module):
         group_i = group_s = None
         if trace is not None:
             trace["ref.0"] = ref
-        for lid, layer in enumerate(self.layers):
+        for lid, layer in enumerate(self.layers[:-1]):
             layout = None if lid < nb else (self.layout_box if lid < nhf else self.layout_full)
             query_pos = self.ref_point_head(sine_embed_box(ref))
             out = layer(out, query_pos, ref, memory, shapes, layout)
             if trace is not None:
                 trace[f"hs.{lid}"] = self.norm(out)
-            if lid == nd - 1:
-                break
             if lid < nb:
                 new = (self.bbox_embed[str(lid)](out) + inverse_sigmoid(ref)).sigmoid()
             elif lid < nhf:
@@ -272,7 +275,24 @@ class Decoder(nn.Module):
             ref = new.detach()
             if trace is not None:
                 trace[f"ref.{lid + 1}"] = ref
-        return self.norm(out), ref, group_i, group_s
+        return out, ref, group_i, group_s
+
+    def last_layer(self, out: Tensor, ref: Tensor, memory: Tensor, shapes,
+                   rows: Tensor | None = None) -> Tensor:
+        """The last decoder layer and the decoder LayerNorm.
+
+        Args:
+            out / ref: [B, G*S, C] / [B, G*S, 4] from :meth:`forward`.
+            rows: [B, R] int64 query rows to compute (the others only serve as keys), or None
+                for all rows.
+        Returns: [B, R, C] (or [B, G*S, C]) LayerNorm-ed hidden states.
+        """
+        layer = self.layers[-1]
+        query_pos = self.ref_point_head(sine_embed_box(ref))
+        if rows is None:
+            return self.norm(layer(out, query_pos, ref, memory, shapes, self.layout_full))
+        return self.norm(layer.forward_rows(out, query_pos, ref, memory, shapes,
+                                            self.layout_full, rows))
 
 
 class Transformer(nn.Module):
@@ -310,23 +330,38 @@ class Transformer(nn.Module):
         ref_unsig = self.enc_out_bbox_embed(tgt) + proposals[top_i]
 
         tr = {"memory": memory} if trace else None
-        hs, ref, gi, gs = self.decoder(tgt, ref_unsig, memory, shapes, tr)
-        return BranchOutput(hs, ref, top_i, top_s, gi, gs, tr)
+        out, ref, gi, gs = self.decoder(tgt, ref_unsig, memory, shapes, tr)
+        return BranchOutput(out, ref, memory, shapes, top_i, top_s, gi, gs, tr)
+
+    def last_layer(self, branch: BranchOutput, rows: Tensor | None = None) -> Tensor:
+        """Normed last-layer hidden states of ``branch`` for ``rows`` [B, R] (None = all)."""
+        return self.decoder.last_layer(branch.last_in, branch.reference, branch.memory,
+                                       branch.shapes, rows)
 
 
 @dataclass(frozen=True)
 class PoseNetRaw:
-    """Per-group network outputs (B images, G groups). Rotations are still 6-D.
+    """Network outputs (B images, G groups, K classes, S slots per group, C width). Rotations
+    are still 6-D (AiOS column-pair layout). The heads are evaluated for G' groups: the selected
+    one (G' = 1, default) or all of them (``all_groups=True``).
 
-    logits: [B, G, num_classes] class logits of each person group (original branch).
-    pose6d: [B, G, 22*6] root + 21 body joints (6-D, AiOS column-pair layout).
-    lhand6d / rhand6d: [B, G, 15*6]. jaw6d: [B, G, 6].
-    betas: [B, G, 10] SMPL-X shape. expression: [B, G, 10]. cam: [B, G, 3] (s, tx, ty).
-    body_feat: [B, G, 21*C] fused body features (main + ControlNet).
-    main / controlnet: the two branches' decoder outputs.
+    logits: [B, G, K] class logits of every person group (original branch, last layer).
+    group / label / score: [B] the selected person: top-1 of sigmoid(logits) over (group,
+        class) (int64, int64, probability 0..1).
+    groups: [B, G'] int64 group index of each evaluated row below.
+    pose6d: [B, G', 22*6] root + 21 body joints. lhand6d / rhand6d: [B, G', 15*6].
+    jaw6d: [B, G', 6]. betas: [B, G', 10]. expression: [B, G', 10].
+    cam: [B, G', 3] (s, tx, ty) weak perspective.
+    body_feat: [B, G', 21*C] fused body features (original + ControlNet hidden states).
+    hs: [B, G', S, C] normed last-layer states of the original branch; reference: [B, G', S, 4].
+    main / controlnet: the two branches up to their last decoder layer.
     """
 
     logits: Tensor
+    group: Tensor
+    label: Tensor
+    score: Tensor
+    groups: Tensor
     pose6d: Tensor
     lhand6d: Tensor
     rhand6d: Tensor
@@ -335,9 +370,18 @@ class PoseNetRaw:
     expression: Tensor
     cam: Tensor
     body_feat: Tensor
+    hs: Tensor
+    reference: Tensor
     main: BranchOutput
     controlnet: BranchOutput
     srcs: tuple | None = None
+
+    def row_of(self, group: Tensor) -> Tensor:
+        """[B] position in ``groups`` of the group index ``group`` [B] (must be evaluated)."""
+        hit = self.groups == group[:, None]
+        if not bool(hit.any(1).all()):
+            raise ValueError("group: not evaluated; run the model with all_groups=True")
+        return hit.int().argmax(1)
 
 
 class PoseNet(nn.Module):
@@ -400,7 +444,12 @@ class PoseNet(nn.Module):
             poss = [p + m(tz)[..., None, None] for p, m in zip(poss[:-1], tz_pos)] + [poss[-1]]
         return srcs, poss
 
-    def forward(self, image: Tensor, tz: Tensor, trace: bool = False) -> PoseNetRaw:
+    def forward(self, image: Tensor, tz: Tensor, trace: bool = False,
+                all_groups: bool = False) -> PoseNetRaw:
+        """image [B,3,H,W] normalised; tz [B,1] metres. ``all_groups`` evaluates the last
+        decoder layer and the SMPL-X heads for every group (for checks); by default only the
+        selected person's rows are computed (slot 0 of every group for the scores, then that
+        group's slots), which gives the same numbers for that person."""
         cfg = self.cfg
         srcs, poss = self._features(self.backbone, self.input_proj, image, None)
         srcs_c, poss_c = self._features(self.backbone_controlnet, self.input_proj_controlnet,
@@ -408,17 +457,39 @@ class PoseNet(nn.Module):
         main = self.transformer(srcs, poss, trace)
         ctrl = self.transformer_controlnet(srcs_c, poss_c, trace)
         B, G, S = image.shape[0], cfg.num_group, cfg.slots_full_stage
-        hs = main.hs.view(B, G, S, -1)
-        hs_c = ctrl.hs.view(B, G, S, -1)
+        dev = image.device
+        cls_head = self.transformer.decoder.class_embed[str(cfg.dec_layers - 1)]
+        if all_groups:
+            hs = self.transformer.last_layer(main).view(B, G, S, -1)
+            hs_c = self.transformer_controlnet.last_layer(ctrl).view(B, G, S, -1)
+            if trace:
+                main.trace["hs.%d" % (cfg.dec_layers - 1)] = hs.flatten(1, 2)
+                ctrl.trace["hs.%d" % (cfg.dec_layers - 1)] = hs_c.flatten(1, 2)
+            logits = cls_head(hs[:, :, 0])
+            groups = torch.arange(G, device=dev).expand(B, G)
+            hs_c_body = hs_c[:, :, self._slots_body]
+            reference = main.reference.view(B, G, S, 4)
+        else:
+            box_rows = (torch.arange(G, device=dev) * S).expand(B, G)
+            logits = cls_head(self.transformer.last_layer(main, box_rows))
+        group, label, score = _select(logits, cfg.num_select)
+        if not all_groups:
+            groups = group[:, None]
+            rows = group[:, None] * S + torch.arange(S, device=dev)
+            hs = self.transformer.last_layer(main, rows).view(B, 1, S, -1)
+            body_rows = group[:, None] * S + self._slots_body
+            hs_c_body = self.transformer_controlnet.last_layer(ctrl, body_rows).view(
+                B, 1, len(cfg.body_head_slots), -1)
+            reference = torch.gather(main.reference, 1, rows[..., None].expand(-1, -1, 4))
+            reference = reference.view(B, 1, S, 4)
         last = str(cfg.dec_layers - cfg.num_box_decoder_layers - 1)
-        body = (hs[:, :, self._slots_body] + hs_c[:, :, self._slots_body]).flatten(2)
+        body = (hs[:, :, self._slots_body] + hs_c_body).flatten(2)
         lhand = hs[:, :, self._slots_lhand].flatten(2)
         rhand = hs[:, :, self._slots_rhand].flatten(2)
         face = hs[:, :, self._slots_face].flatten(2)
-        logits = self.transformer.decoder.class_embed[str(cfg.dec_layers - 1)](hs[:, :, 0])
         hand = self.smpl_hand_pose_embed[last]
         return PoseNetRaw(
-            logits=logits,
+            logits=logits, group=group, label=label, score=score, groups=groups,
             pose6d=self.smpl_pose_embed[last](body),
             lhand6d=hand(lhand),
             rhand6d=hand(rhand),
@@ -426,25 +497,25 @@ class PoseNet(nn.Module):
             betas=self.smpl_beta_embed[last](body),
             expression=self.smpl_expr_embed[last](face),
             cam=self.smpl_cam_embed[last](body),
-            body_feat=body,
-            main=main,
-            controlnet=ctrl,
+            body_feat=body, hs=hs, reference=reference,
+            main=main, controlnet=ctrl,
             srcs=(tuple(srcs), tuple(srcs_c)) if trace else None,
         )
 
-    def decode_boxes(self, raw: PoseNetRaw, group: Tensor) -> dict[str, Tensor]:
+    def decode_boxes(self, raw: PoseNetRaw, group: Tensor | None = None) -> dict[str, Tensor]:
         """Boxes and body key points of one group per image, normalised to the input frame.
 
         Args:
-            group: [B] int64 group index per image.
+            group: [B] int64 group per image (default: the selected person, ``raw.group``).
         Returns: dict with ``body_box``, ``lhand_box``, ``rhand_box``, ``face_box`` [B, 4]
             (cx, cy, w, h, 0..1) and ``body_keypoints`` [B, 17, 2] (x, y, 0..1, COCO order).
         """
         cfg, dec = self.cfg, self.transformer.decoder
-        B, G, S = group.shape[0], cfg.num_group, cfg.slots_full_stage
-        ar = torch.arange(B, device=group.device)
-        hs = raw.main.hs.view(B, G, S, -1)[ar, group]  # B, S, C
-        ru = inverse_sigmoid(raw.main.reference.view(B, G, S, 4)[ar, group])
+        group = raw.group if group is None else group
+        pos = raw.row_of(group)
+        ar = torch.arange(group.shape[0], device=group.device)
+        hs = raw.hs[ar, pos]  # B, S, C
+        ru = inverse_sigmoid(raw.reference[ar, pos])
         i = str(cfg.dec_layers - 1 - cfg.num_box_decoder_layers)
         n = cfg.num_body_points
         out = {"body_box": (dec.bbox_embed[str(cfg.dec_layers - 1)](hs[:, 0]) + ru[:, 0]).sigmoid()}
@@ -456,3 +527,14 @@ class PoseNet(nn.Module):
         out["body_keypoints"] = (dec.pose_embed[i](hs[:, 1:n + 1])[..., :2]
                                  + ru[:, 1:n + 1, :2]).sigmoid()
         return out
+
+
+def _select(logits: Tensor, num_select: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Official person selection (``PostProcess_SMPLX_Multi_Infer``), rank 0.
+
+    logits [B, G, K] -> (group [B], label [B], score [B]): top-1 of sigmoid(logits) flattened
+    over (group, class) (top-k with k = num_select, element 0); group = index // K,
+    label = index % K."""
+    B, G, K = logits.shape
+    scores, idx = torch.topk(logits.sigmoid().reshape(B, G * K), min(num_select, G * K), dim=1)
+    return idx[:, 0] // K, idx[:, 0] % K, scores[:, 0]

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .model import PoseNet, PoseNetRaw
+from .model import PoseNet, PoseNetRaw, _select
 from .preprocess import Letterbox, preprocess
 from .rotations import rot6d_to_rotmat, rotmat_to_axis_angle
 
@@ -62,17 +62,18 @@ def select_person(logits: Tensor, num_select: int) -> tuple[Tensor, Tensor, Tens
         (group [B] int64, label [B] int64, score [B]): top-1 of sigmoid(logits) flattened over
         (group, class); group = index // K, label = index % K.
     """
-    B, G, K = logits.shape
-    scores, idx = torch.topk(logits.sigmoid().reshape(B, G * K), min(num_select, G * K), dim=1)
-    return idx[:, 0] // K, idx[:, 0] % K, scores[:, 0]
+    return _select(logits, num_select)
 
 
-def smplx_from_raw(raw: PoseNetRaw, group: Tensor) -> dict[str, Tensor]:
-    """Axis-angle SMPL-X parameters of one group per image (``group`` [B] int64)."""
+def smplx_from_raw(raw: PoseNetRaw, group: Tensor | None = None) -> dict[str, Tensor]:
+    """Axis-angle SMPL-X parameters of one group per image (``group`` [B] int64; default the
+    selected person ``raw.group``)."""
+    group = raw.group if group is None else group
+    pos = raw.row_of(group)
     ar = torch.arange(group.shape[0], device=group.device)
 
     def pick(t: Tensor) -> Tensor:
-        return t[ar, group]
+        return t[ar, pos]
 
     rot = torch.cat([rot6d_to_rotmat(pick(t).reshape(-1, n, 6)) for t, n in
                      ((raw.pose6d, 22), (raw.lhand6d, 15), (raw.rhand6d, 15), (raw.jaw6d, 1))], 1)
@@ -130,9 +131,8 @@ def predict_smplx(model: PoseNet, image: Tensor, tz: Tensor | float,
         raw = model(x, tz)
         if progress:
             progress(2, total)
-        group, label, score = select_person(raw.logits, model.cfg.num_select)
-        params = smplx_from_raw(raw, group)
-        parts = model.decode_boxes(raw, group)
+        params = smplx_from_raw(raw)
+        parts = model.decode_boxes(raw)
     size = model.cfg.image_size
     cxcy, wh = parts["body_box"][:, :2] * size, parts["body_box"][:, 2:] * size
     corners = torch.stack((cxcy - wh / 2, cxcy + wh / 2), 1)  # B, 2, 2
@@ -140,5 +140,5 @@ def predict_smplx(model: PoseNet, image: Tensor, tz: Tensor | float,
     keypoints = box.to_photo(parts["body_keypoints"] * size)
     if progress:
         progress(3, total)
-    return PoseNetResult(score=score, label=label, group=group, body_box=body_box,
+    return PoseNetResult(score=raw.score, label=raw.label, group=raw.group, body_box=body_box,
                          body_keypoints=keypoints, **params)
