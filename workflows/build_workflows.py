@@ -732,7 +732,8 @@ def make_pictures(output_dir: Path, docs_dir: Path = REPO / "docs", height: int 
                 found = sorted(Path(output_dir).glob(spec))
                 if not found:
                     raise FileNotFoundError(f"{spec} in {output_dir}")
-                img = frame(found[i], 0) if len(found) > 1 else frame(found[0], i)
+                multi = getattr(Image.open(found[0]), "n_frames", 1) > 1
+                img = frame(found[0], i) if multi else frame(found[i], 0)
             img = img.resize((round(img.width * height / img.height), height), Image.LANCZOS)
             tiles.append((label, img))
         per_row = 4 if len(tiles) > 6 else len(tiles)
