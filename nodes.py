@@ -443,8 +443,9 @@ class BladeEstimatePose:
                                                  "to the keypoints; off keeps Tz as given."}),
             "focal_length": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
                                        "tooltip": "Focal length in pixels of the image; 0 = "
-                                                  "from 'camera' if connected, else 60 degrees "
-                                                  "over the longer side."}),
+                                                  "from 'camera' if connected, else estimated "
+                                                  "from the person's size at depth Tz (see the "
+                                                  "camera output)."}),
             "camera": ("BLADE_CAMERA", {"tooltip": "A known camera: its focal length and "
                                                    "principal point are used."}),
         }}

@@ -101,7 +101,8 @@ def estimate_pose(body_model, image: Tensor, tz, keypoints: Any = None, mask: Te
             ``person_index`` is -1).
         posenet: a loaded BLADE PoseNet or None.
         person_index: which person of the keypoints (0-based), -1: automatic.
-        focal: [B] or one number, pixels, or None (60 degrees over the longer side).
+        focal: [B] or one number, pixels, or None: estimated by the keypoint fit
+            (``cfg.estimate_focal``; PoseNet only: 60 degrees over the longer side).
         principal: [B, 2] or (cx, cy) pixels, or None (image centre).
         cfg: fit settings.
         progress: progress(step, total); may raise to cancel.

@@ -2,8 +2,12 @@
 
 Per image the fit solves betas, global orientation, body pose (and hands when hand keypoints
 exist) plus the pelvis position across the image (Tx, Ty), with the pelvis joint held at
-depth Tz in the camera (optionally refined). The camera is a pinhole with focal f (from the
-image, 60 degrees over the longer side, unless given) and the principal point at the centre.
+depth Tz in the camera (optionally refined). The camera is a pinhole with the principal point
+at the centre and focal f: given, or (``FitConfig.estimate_focal``) estimated: since Tz is
+known, the person's metric size fixes f (f ~ pixel extent x Tz / metric extent). A closed-form
+start (:func:`blade_nodes.camera.solve.keypoint_init`, the mean-shape skeleton of each start at
+depth Tz) is followed by log f optimised jointly with the pose (perspective adds a weak
+constraint of its own).
 
 Objective (per image and start, all independent, so a batch gives the same results as
 single images):
@@ -148,6 +152,11 @@ class FitConfig:
         refine_tz: let Tz move (log-normal prior around the given Tz, ``tz_sigma``).
         tz_sigma: relative spread of the Tz prior when refining (0.25: 25 %).
         min_body_points: frames with fewer present body points are flagged invalid.
+        estimate_focal: when no focal is given, estimate it (closed-form start, then log f
+            optimised with the pose); False: assume 60 degrees over the longer side.
+        focal_lr: Adam step of log f (0.03: 3 % per step at most).
+        fov_range: (min, max) horizontal field of view in degrees over the longer side that an
+            estimated focal is softly kept in.
     """
 
     iterations: int = 200
@@ -169,6 +178,9 @@ class FitConfig:
     refine_tz: bool = False
     tz_sigma: float = 0.25
     min_body_points: int = 6
+    estimate_focal: bool = True
+    focal_lr: float = 0.03
+    fov_range: tuple[float, float] = (15.0, 140.0)
 
     def __post_init__(self) -> None:
         if self.starts not in (1, 2, 3, 4):
@@ -183,7 +195,7 @@ class PoseFit:
 
     Attributes:
         params: SMPL-X parameters [B] (flat_hand_mean True); ``valid`` set per frame.
-        camera: [B] cameras: focal and principal point used, translation T with
+        camera: [B] cameras: focal (given or estimated) and principal point, translation T with
             (pelvis + T).z == Tz (the refined Tz when refining), image size.
         tz: [B] pelvis depth of the result, metres (the given one unless refined).
         loss: [B] final objective of the chosen start (0 for invalid frames).
@@ -240,7 +252,8 @@ def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_siz
             B frames, image pixels.
         tz: [B] (or one number) pelvis depth, metres, > 0.
         image_size: [B, 2] or (W, H) pixels; None takes ``keypoints.image_size``.
-        focal: [B] or one number, pixels; None: 60 degrees over the longer image side.
+        focal: [B] or one number, pixels; None: estimated (``cfg.estimate_focal``, reported
+            in ``PoseFit.camera.focal``) or, with that off, 60 degrees over the longer side.
         cfg: :class:`FitConfig`.
         progress: progress(step, total) with total = cfg.iterations; may raise to cancel.
         principal: [B, 2] or (cx, cy) pixels; None: the image centre.
@@ -256,8 +269,12 @@ def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_siz
     size = keypoints.image_size if image_size is None else \
         torch.as_tensor(image_size).to(torch.int64).reshape(-1, 2).expand(B, 2).clone()
     tz = _as_batch(tz, B, "tz")
+    estimate_f = focal is None and cfg.estimate_focal
     f = default_focal(size[:, 0].float(), size[:, 1].float()) if focal is None \
         else _as_batch(focal, B, "focal")
+    side = size.max(1).values.float()
+    f_range = torch.stack([side / (2 * math.tan(math.radians(cfg.fov_range[1]) / 2)),
+                           side / (2 * math.tan(math.radians(cfg.fov_range[0]) / 2))], 1)
     pp = size.to(dtype) / 2 if principal is None else \
         torch.as_tensor(principal, dtype=dtype).reshape(-1, 2).expand(B, 2).clone()
     problems = list(keypoints.problems) if keypoints.problems else [None] * B
@@ -288,7 +305,8 @@ def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_siz
         progress(0, cfg.iterations)
     if len(idx):
         res = _fit_valid(body_model, keypoints, idx, tz[idx], f[idx], pp[idx], cfg, progress,
-                         None if init is None else init.index(idx).to(dtype=dtype))
+                         None if init is None else init.index(idx).to(dtype=dtype),
+                         f_range[idx] if estimate_f else None)
         for name, value in res["params"].items():
             full = getattr(out_params, name).clone()
             full[idx] = value.to(full)
@@ -299,6 +317,8 @@ def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_siz
         loss[idx] = res["loss"]
         rms[idx] = res["rms"]
         start[idx] = res["start"]
+        f = f.clone()
+        f[idx] = res["focal"]
     if not valid.all():  # neutral frames: pelvis joint on the principal point at depth Tz
         rest = body_model.rest_joints()[0, 0].detach().cpu().float()
         bad = ~valid
@@ -315,9 +335,29 @@ def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_siz
                    problems=tuple(problems))
 
 
+def _closed_form_focal(kp3: Tensor, xy: Tensor, ok: Tensor, f: Tensor, pp: Tensor,
+                       pelvis_cam: Tensor, pelvis_body: Tensor) -> Tensor:
+    """[N] focal from the keypoint spread, per row (the official closed form, ``keypoint_init``).
+
+    kp3 [N, K, 3] body-frame keypoints of the start pose, xy [N, K, 2] detections, ok [N, K],
+    f [N] starting focal, pp [N, 2], pelvis_cam / pelvis_body [N, 3] (T = cam - body).
+    """
+    from ..camera.solve import keypoint_init
+    out = f.clone()
+    T = pelvis_cam - pelvis_body
+    for r in range(kp3.shape[0]):
+        fr, _ = keypoint_init(kp3[r], xy[r], ok[r], float(f[r]), T[r], pp[r])
+        out[r] = fr
+    return out
+
+
 def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tensor, pp: Tensor,
-               cfg: FitConfig, progress, init: SMPLXParams | None) -> dict:
-    """The optimisation over the valid frames ``idx`` (n of them) times the starts."""
+               cfg: FitConfig, progress, init: SMPLXParams | None,
+               f_range: Tensor | None = None) -> dict:
+    """The optimisation over the valid frames ``idx`` (n of them) times the starts.
+
+    ``f_range`` [n, 2] (lowest, highest) focal: estimate f within it; None: f is fixed.
+    """
     dev = body_model.faces.device
     dtype = torch.float32
     skel = SparseSkeleton(body_model).to(dev)
@@ -400,17 +440,37 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
 
     anneal = [1.0]  # pose-prior multiplier, lowered during stage 2 (coarse to fine)
 
+    def forward(R_root, bp, lh, rh, b) -> Tensor:
+        """[N, J, 3] body-frame joints (transl = 0)."""
+        local = axis_angle_to_matrix(torch.cat([bp.reshape(N, 21, 3), lh.reshape(N, 15, 3),
+                                                rh.reshape(N, 15, 3)], 1))
+        rot = torch.cat([R_root[:, None], local[:, :21], eye.expand(N, 3, 3, 3), local[:, 21:]], 1)
+        return skel(rot, b)
+
+    estimate_f = f_range is not None
+    if estimate_f:  # closed-form start of f: the start pose's keypoint spread at depth Tz
+        with torch.no_grad():
+            j0 = forward(R0, pose0, lh0 * hand_on[:, :1], rh0 * hand_on[:, 1:], betas0)
+            k0 = torch.einsum("kj,bjc->bkc", W_map, j0)[:, parts["body"]]
+            pc0 = torch.cat([(uv0 - pp_n) * (tz_n / f_n)[:, None],
+                             tz_n[:, None]], 1)
+            f_start = _closed_form_focal(k0.cpu(), body_xy.cpu(), body_ok.cpu(), f_n.cpu(),
+                                         pp_n.cpu(), pc0.cpu(), j0[:, 0].cpu()).to(dev, dtype)
+        log_f_lo, log_f_hi = rep(f_range).log().unbind(1)
+        f_start = torch.minimum(torch.maximum(f_start, log_f_lo.exp()), log_f_hi.exp())
+    else:
+        f_start = f_n
+    log_f = f_start.log().clone().requires_grad_(estimate_f)
+
     def energy(stage: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         R_root = axis_angle_to_matrix(d_root) @ R0
         lh = lhand * hand_on[:, :1]
         rh = rhand * hand_on[:, 1:]
-        local = axis_angle_to_matrix(torch.cat([body_pose.reshape(N, 21, 3),
-                                                lh.reshape(N, 15, 3), rh.reshape(N, 15, 3)], 1))
-        rot = torch.cat([R_root[:, None], local[:, :21], eye.expand(N, 3, 3, 3), local[:, 21:]], 1)
-        joints = skel(rot, betas)
+        joints = forward(R_root, body_pose, lh, rh, betas)
         kp3 = torch.einsum("kj,bjc->bkc", W_map, joints)
         pelvis_body = joints[:, 0]
         t_z = tz_n * torch.exp(log_tz) if cfg.refine_tz else tz_n
+        f_n = torch.exp(log_f)
         uv = uv0 + duv * (0.1 * scale[:, None])
         pelvis_cam = torch.cat([(uv - pp_n) * (t_z / f_n)[:, None], t_z[:, None]], 1)
         cam = kp3 - pelvis_body[:, None] + pelvis_cam[:, None]
@@ -437,6 +497,9 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         prior = prior + cfg.hand_prior * ((lh ** 2).sum(1) + (rh ** 2).sum(1))
         if cfg.refine_tz:
             prior = prior + (log_tz / cfg.tz_sigma) ** 2
+        if estimate_f:  # keep f inside the plausible field-of-view range
+            prior = prior + 100.0 * (torch.relu(log_f_lo - log_f) ** 2
+                                     + torch.relu(log_f - log_f_hi) ** 2)
         # reprojection RMS over body points, px (for the report)
         with torch.no_grad():
             okb = conf[:, parts["body"]] > 0
@@ -448,13 +511,17 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
     n2 = cfg.iterations - n1
     step = 0
     every = max(1, cfg.iterations // 50)
-    stages = [(1, n1, [d_root, duv]), (2, n2, [d_root, duv, body_pose, betas, lhand, rhand]
-                                        + ([log_tz] if cfg.refine_tz else []))]
+    f_par = [log_f] if estimate_f else []
+    stages = [(1, n1, [d_root, duv] + f_par),
+              (2, n2, [d_root, duv, body_pose, betas, lhand, rhand] + f_par
+               + ([log_tz] if cfg.refine_tz else []))]
     for stage, iters, params in stages:
         if iters <= 0:
             continue
         opt = torch.optim.Adam([{"params": [p], "lr": cfg.lr * (0.5 if p is duv else
-                                                              0.2 if p is log_tz else 1.0)}
+                                                              0.2 if p is log_tz else
+                                                              cfg.focal_lr / cfg.lr
+                                                              if p is log_f else 1.0)}
                                 for p in params])
         for k in range(iters):
             if stage == 2:  # pose prior from cfg.anneal x down to 1x over the first half
@@ -480,4 +547,5 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         return {"params": {k: v.detach().cpu() for k, v in params.items()},
                 "tz": t_z[rows].cpu(), "pelvis_cam": pelvis_cam[rows].cpu(),
                 "pelvis_body": pelvis_body[rows].cpu(), "loss": e[rows].cpu(),
-                "rms": rms[rows].cpu(), "start": best.cpu()}
+                "rms": rms[rows].cpu(), "start": best.cpu(),
+                "focal": torch.exp(log_f)[rows].detach().cpu()}
