@@ -12,6 +12,8 @@ Conditions:
   noisy          boundary displaced by a smooth random field (std 3 px, correlation 6 px,
                  through the signed distance), true Tz
   clean+tz10%    true mask, Tz given with 10 % log-normal error, opt_tz on
+  noisy+kp       noisy mask plus BODY_25 keypoints (projected body keypoints + 2 px noise):
+                 closed-form keypoint start and the reprojection term
 
 Metrics (blade_official.md §5): f error = |f - f_gt| / f_gt (%); Txy error = distance of the
 pelvis in camera x, y (mm); Tz error = |pelvis z - z_gt| (m); IoU = both silhouettes
@@ -92,6 +94,7 @@ def make_case(body, rng: np.random.Generator):
         with torch.no_grad():
             out = body(params)
         verts, pelvis = out.vertices[0], out.joints[0, 0]
+        kp3d = body.keypoint_map("body25")(out.joints)[0]
         w, h = SIZES[rng.integers(len(SIZES))]
         fov = rng.uniform(30, 110)
         f = w / (2 * math.tan(math.radians(fov) / 2))
@@ -103,7 +106,16 @@ def make_case(body, rng: np.random.Generator):
         cover = float(m.float().mean())
         if 0.003 < cover < 0.9:
             return dict(verts=verts, pelvis=pelvis, f=f, t=t, w=w, h=h, mask=m, z=z, fov=fov,
-                        cover=cover)
+                        cover=cover, kp3d=kp3d)
+
+
+def keypoints_2d(c, rng: np.random.Generator, noise_px: float = 2.0):
+    """BODY_25 detections: the body's keypoints projected, plus Gaussian pixel noise."""
+    X = c["kp3d"].double() + c["t"]
+    uv = X[:, :2] / X[:, 2:] * c["f"] + torch.tensor([c["w"] / 2, c["h"] / 2], dtype=torch.float64)
+    uv = uv + torch.from_numpy(rng.normal(0, noise_px, uv.shape))
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < c["w"]) & (uv[:, 1] >= 0) & (uv[:, 1] < c["h"])
+    return torch.cat([uv, inside[:, None].double()], 1).float()
 
 
 def pct(xs, q):
@@ -132,6 +144,7 @@ def main() -> None:
         "clean": dict(noise=False, tz_err=0.0, opt_tz=False),
         "noisy": dict(noise=True, tz_err=0.0, opt_tz=False),
         "clean+tz10%": dict(noise=False, tz_err=0.10, opt_tz=True),
+        "noisy+kp": dict(noise=True, tz_err=0.0, opt_tz=False, kp=True),
     }
     rows = []
     for name, cond in conditions.items():
@@ -142,8 +155,10 @@ def main() -> None:
             tz_in = c["z"] * math.exp(crng.normal(0, cond["tz_err"])) if cond["tz_err"] else c["z"]
             cfg = SolveConfig(iterations=args.iterations, opt_tz=cond["opt_tz"])
             t0, c0 = time.perf_counter(), time.process_time()
+            kp = dict(keypoints=keypoints_2d(c, crng)[None], keypoints_3d=c["kp3d"][None]) \
+                if cond.get("kp") else {}
             fit = solve_camera(c["verts"][None], body.faces, m[None].float(),
-                               torch.tensor([tz_in]), pelvis=c["pelvis"][None], cfg=cfg)
+                               torch.tensor([tz_in]), pelvis=c["pelvis"][None], cfg=cfg, **kp)
             r["s"].append(time.perf_counter() - t0)
             r["cpu"].append(time.process_time() - c0)
             t0 = time.perf_counter()
@@ -184,6 +199,25 @@ def main() -> None:
           f"FoV {min(c['fov'] for c in cases):.0f}-{max(c['fov'] for c in cases):.0f} deg, "
           f"coverage {min(c['cover'] for c in cases):.3f}-{max(c['cover'] for c in cases):.3f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    # intrinsic cost: the fastest of 3 runs of the same clean solve, per image size
+    print(f"\n{'image':>9} {'cover':>6} {'min s (3 runs)':>14} {'ms/iter':>8} {'raster ms':>9}")
+    seen = set()
+    for c in cases:
+        if (c["w"], c["h"]) in seen:
+            continue
+        seen.add((c["w"], c["h"]))
+        ts, rs = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            solve_camera(c["verts"][None], body.faces, c["mask"][None].float(),
+                         torch.tensor([c["z"]]), pelvis=c["pelvis"][None],
+                         cfg=SolveConfig(iterations=args.iterations))
+            ts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            render(c["verts"], body.faces, c["f"], c["t"], c["w"], c["h"])
+            rs.append(time.perf_counter() - t0)
+        print(f"{c['w']:>4}x{c['h']:<4} {c['cover']:6.3f} {min(ts):14.3f} "
+              f"{1e3 * min(ts) / args.iterations:8.2f} {1e3 * min(rs):9.2f}")
 
 
 if __name__ == "__main__":

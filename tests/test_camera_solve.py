@@ -288,3 +288,15 @@ def test_numba_and_torch_outline_walks_agree(monkeypatch):
     b = sil_mod.edge_terms(*args)
     key = lambda t: sorted((int(i), round(float(x), 9)) for i, x in zip(t.index, t.value))  # noqa: E731
     assert len(key(a)) > 100 and key(a) == key(b)
+
+
+def test_fast_face_ids_match_the_rasterizer():
+    from blade_nodes.camera.silhouette import _face_ids
+
+    v, f = figure()
+    vc = v + torch.tensor([0.05, 0.02, 3.0], dtype=torch.float64)
+    fo = torch.tensor(300.0, dtype=torch.float64)
+    pp = torch.tensor([96.0, 90.0], dtype=torch.float64)
+    fast = _face_ids(vc, f, fo, pp, 180, 192, True)
+    ref = rasterize(vc[None], f, fo[None], pp[None], 180, 192, cull_backfaces=True).face_id[0]
+    assert torch.equal(fast, ref)
