@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import NUMBA_CACHE
+
 __all__ = ["silhouette", "edge_silhouette", "edge_terms", "EdgeTerms", "face_adjacency",
            "BACKENDS"]
 
@@ -236,8 +238,8 @@ def _pairs_loop(fid, uv, faces, adj, max_walk, out_i, out_f):
 
 try:
     import numba as _numba
-    _walk_one = _numba.njit(cache=True, nogil=True)(_walk_one)  # called by _pairs_loop
-    _pairs_numba = _numba.njit(cache=True, nogil=True)(_pairs_loop)
+    _walk_one = _numba.njit(cache=NUMBA_CACHE, nogil=True)(_walk_one)  # called by _pairs_loop
+    _pairs_numba = _numba.njit(cache=NUMBA_CACHE, nogil=True)(_pairs_loop)
 except ImportError:  # pragma: no cover - numba is optional; edge_terms then uses torch
     _pairs_numba = None
 

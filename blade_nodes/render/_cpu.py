@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import NUMBA_CACHE
+
 try:  # numba is an optional (but recommended) runtime dependency
     import numba as _numba
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -215,8 +217,8 @@ def _resolve(proj, faces, vis, fid, depth, bary):
 
 
 if HAVE_NUMBA:
-    _jit = _numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
-    _edge_setup = _numba.njit(cache=True, inline="always")(_edge_setup)
+    _jit = _numba.njit(cache=NUMBA_CACHE, nogil=True, fastmath=False, error_model="numpy")
+    _edge_setup = _numba.njit(cache=NUMBA_CACHE, inline="always")(_edge_setup)
     _visibility = _jit(_visibility)
     _resolve = _jit(_resolve)
     _prepare = _jit(_prepare)
