@@ -63,11 +63,11 @@ class Bottleneck(nn.Module):
                                             FrozenBatchNorm2d(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(conv_bn(x, self.conv1, self.bn1))
-        y = F.relu(conv_bn(y, self.conv2, self.bn2))
+        y = F.relu(conv_bn(x, self.conv1, self.bn1), inplace=True)
+        y = F.relu(conv_bn(y, self.conv2, self.bn2), inplace=True)
         y = conv_bn(y, self.conv3, self.bn3)
         idt = x if self.downsample is None else conv_bn(x, self.downsample[0], self.downsample[1])
-        return F.relu(y + idt)
+        return y.add_(idt).relu_()
 
 
 class ResNetBackbone(nn.Module):
@@ -93,7 +93,7 @@ class ResNetBackbone(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.relu(conv_bn(x, self.conv1, self.bn1))
+        x = F.relu(conv_bn(x, self.conv1, self.bn1), inplace=True)
         x = F.max_pool2d(x, 3, 2, 1)
         x = self.layer1(x)
         c3 = self.layer2(x)
@@ -187,7 +187,7 @@ def ms_deform_attn_core(value: Tensor, shapes: list[tuple[int, int]], locations:
         v = values[lvl].flatten(2).transpose(1, 2).reshape(B * M, D, h, w)
         s = F.grid_sample(v, grids[:, lvl], mode="bilinear", padding_mode="zeros",
                           align_corners=False)  # B*M, D, P, L
-        part = (s * w_[:, :, lvl]).sum(2)
+        part = s.mul_(w_[:, :, lvl]).sum(2)  # in place: one (D, P, L) buffer less
         out = part if out is None else out + part
     return out.view(B, M * D, L).transpose(1, 2).contiguous()
 
@@ -242,7 +242,7 @@ class EncoderLayer(nn.Module):
     def forward(self, src: Tensor, pos: Tensor, reference: Tensor,
                 shapes: list[tuple[int, int]]) -> Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference, src, shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class SelfAttention(nn.Module):
@@ -385,7 +385,7 @@ class DecoderLayer(nn.Module):
         sa = self.self_attn.forward_rows(tgt + query_pos, tgt, layout, rows)
         t = self.norm2(pick(tgt) + sa)
         t = self.norm1(t + self.cross_attn(t + pick(query_pos), pick(reference), memory, shapes))
-        return self.norm3(t + self.linear2(F.relu(self.linear1(t))))
+        return self.norm3(t + self.linear2(F.relu(self.linear1(t), inplace=True)))
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
                 shapes: list[tuple[int, int]], layout: GroupLayout | None = None) -> Tensor:
@@ -397,4 +397,4 @@ class DecoderLayer(nn.Module):
             sa = self.self_attn.forward_grouped(q, tgt, layout)
         tgt = self.norm2(tgt + sa)
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, reference, memory, shapes))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
