@@ -158,7 +158,8 @@ def test_predict_smplx_end_to_end(model, golden):
     bgr = golden["input.bgr_uint8"][:1]
     rgb = bgr.flip(-1).permute(0, 3, 1, 2).float() / 255.0
     calls = []
-    res = predict_smplx(model, rgb, golden["input.tz"][:1, 0], progress=lambda i, n: calls.append(i))
+    res = predict_smplx(model, rgb, golden["input.tz"][:1, 0],
+                        progress=lambda i, n: calls.append(i))
     assert calls == [0, 1, 2, 3]
     assert torch.equal(res.group, golden["b1.selected_group_index"])
     sel = "b1.selected"

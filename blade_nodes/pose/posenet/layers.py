@@ -76,7 +76,8 @@ class ResNetBackbone(nn.Module):
     Args:
         layers: blocks per stage, (3, 4, 6, 3) for ResNet-50.
         width_per_group: 64 for ResNet-50.
-    Forward: x [B, 3, H, W] normalised image -> [C3 [B,512,H/8,W/8], C4 [B,1024,..], C5 [B,2048,..]].
+    Forward: x [B, 3, H, W] normalised image ->
+        [C3 [B, 512, H/8, W/8], C4 [B, 1024, H/16, W/16], C5 [B, 2048, H/32, W/32]].
     """
 
     def __init__(self, layers: tuple[int, int, int, int], width_per_group: int = 64):
@@ -122,8 +123,8 @@ def sine_position_map(h: int, w: int, num_feats: int, temperature: float,
     px = x[:, None] / dim_t  # w, F
     py = torch.stack((py[:, 0::2].sin(), py[:, 1::2].cos()), dim=2).flatten(1)
     px = torch.stack((px[:, 0::2].sin(), px[:, 1::2].cos()), dim=2).flatten(1)
-    pos = torch.cat((py[:, None, :].expand(h, w, num_feats), px[None, :, :].expand(h, w, num_feats)),
-                    dim=2)
+    pos = torch.cat((py[:, None, :].expand(h, w, num_feats),
+                     px[None, :, :].expand(h, w, num_feats)), dim=2)
     return pos.permute(2, 0, 1)[None].to(dtype)
 
 
@@ -197,7 +198,8 @@ class MSDeformAttn(nn.Module):
 
     def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int):
         super().__init__()
-        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.d_model, self.n_levels = d_model, n_levels
+        self.n_heads, self.n_points = n_heads, n_points
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -213,7 +215,8 @@ class MSDeformAttn(nn.Module):
         if value is None:
             value = self.project_value(value_in)
         off = self.sampling_offsets(query).view(B, L, M, NL, P, 2)
-        attn = F.softmax(self.attention_weights(query).view(B, L, M, NL * P), -1).view(B, L, M, NL, P)
+        attn = F.softmax(self.attention_weights(query).view(B, L, M, NL * P), -1)
+        attn = attn.view(B, L, M, NL, P)
         if reference.shape[-1] == 2:
             norm = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
             loc = reference[:, :, None, None, None, :] + off / norm[None, None, None, :, None, :]
@@ -272,7 +275,8 @@ class SelfAttention(nn.Module):
         return self.out_proj(o.transpose(1, 2).reshape(B, L, H * D))
 
     def forward(self, qk_in: Tensor, v_in: Tensor, blocked: Tensor | None = None) -> Tensor:
-        """Dense attention. blocked: [L, L] bool, True = may not attend (as nn.MultiheadAttention)."""
+        """Dense attention. blocked: [L, L] bool, True = may not attend (nn.MultiheadAttention
+        convention)."""
         q, k, v = self._qkv(qk_in, v_in)
         mask = None if blocked is None else ~blocked
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PoseNetConfig
-from .layers import (DecoderLayer, EncoderLayer, GroupLayout, MLP, MSDeformAttn, ResNetBackbone,
-                     inverse_sigmoid, sine_embed_box, sine_position_map)
+from .layers import (MLP, DecoderLayer, EncoderLayer, GroupLayout, ResNetBackbone, inverse_sigmoid,
+                     sine_embed_box, sine_position_map)
 
 
 def _heads(indices, make) -> nn.ModuleDict:
@@ -171,7 +170,8 @@ class Decoder(nn.Module):
         """Reference update of a 39-slot layer. out [B,G,39,C], ref [B,G,39,4] -> new ref."""
         cfg = self.cfg
         i, j = str(lid - cfg.num_box_decoder_layers), str(lid - cfg.num_hand_face_decoder_layers)
-        n, lb, rb, fb = cfg.num_body_points, cfg.lhand_box_slot, cfg.rhand_box_slot, cfg.face_box_slot
+        n, lb = cfg.num_body_points, cfg.lhand_box_slot
+        rb, fb = cfg.rhand_box_slot, cfg.face_box_slot
         ru = inverse_sigmoid(ref)
         pieces = [(self.bbox_embed[str(lid)](out[:, :, :1]) + ru[:, :, :1]).sigmoid()]
         kp = out[:, :, 1:n + 1]
@@ -213,9 +213,10 @@ class Decoder(nn.Module):
         kp_o, kp_r = self._children(box_out, box_ref, self.keypoint_embed.weight,
                                     self.pose_embed[last], self.hw.weight)
         outs, refs = [box_out[:, :, None], kp_o], [box_ref[:, :, None], kp_r]
-        for emb, head, hw in ((self.lhand_box_embed, self.bbox_hand_embed[last], self.hw_lhand_bbox),
-                              (self.rhand_box_embed, self.bbox_hand_embed[last], self.hw_rhand_bbox),
-                              (self.face_box_embed, self.bbox_face_embed[last], self.hw_face_bbox)):
+        hand, face = self.bbox_hand_embed[last], self.bbox_face_embed[last]
+        for emb, head, hw in ((self.lhand_box_embed, hand, self.hw_lhand_bbox),
+                              (self.rhand_box_embed, hand, self.hw_rhand_bbox),
+                              (self.face_box_embed, face, self.hw_face_bbox)):
             o, r = self._children(box_out, box_ref, emb.weight, head, hw.weight)
             outs.append(o)
             refs.append(r)
@@ -519,9 +520,10 @@ class PoseNet(nn.Module):
         i = str(cfg.dec_layers - 1 - cfg.num_box_decoder_layers)
         n = cfg.num_body_points
         out = {"body_box": (dec.bbox_embed[str(cfg.dec_layers - 1)](hs[:, 0]) + ru[:, 0]).sigmoid()}
+        hand, hand_hw = dec.bbox_hand_embed[i], dec.bbox_hand_hw_embed[i]
         for name, slot, bx, bx_hw in (
-                ("lhand_box", cfg.lhand_box_slot, dec.bbox_hand_embed[i], dec.bbox_hand_hw_embed[i]),
-                ("rhand_box", cfg.rhand_box_slot, dec.bbox_hand_embed[i], dec.bbox_hand_hw_embed[i]),
+                ("lhand_box", cfg.lhand_box_slot, hand, hand_hw),
+                ("rhand_box", cfg.rhand_box_slot, hand, hand_hw),
                 ("face_box", cfg.face_box_slot, dec.bbox_face_embed[i], dec.bbox_face_hw_embed[i])):
             out[name] = Decoder._move(ru[:, slot], bx(hs[:, slot]), bx_hw(hs[:, slot]))
         out["body_keypoints"] = (dec.pose_embed[i](hs[:, 1:n + 1])[..., :2]

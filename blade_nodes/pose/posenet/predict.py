@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .model import PoseNet, PoseNetRaw, _select
-from .preprocess import Letterbox, preprocess
+from .preprocess import preprocess
 from .rotations import rot6d_to_rotmat, rotmat_to_axis_angle
 
 
