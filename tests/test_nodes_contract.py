@@ -88,3 +88,10 @@ def test_contract_names_and_order(name):
     for inp in want_inputs:
         assert inp in names, f"{name} lacks input {inp}"
     assert list(cls.RETURN_TYPES[:len(want_outputs)]) == want_outputs
+
+
+def test_readme_lists_every_node():
+    from conftest import REPO
+    readme = (REPO / "README.md").read_text()
+    missing = [n for n in nodes.NODE_CLASS_MAPPINGS if f"| {n} |" not in readme]
+    assert not missing, f"README node table lacks {missing}"
