@@ -14,6 +14,8 @@ Conditions:
   clean+tz10%    true mask, Tz given with 10 % log-normal error, opt_tz on
   noisy+kp       noisy mask plus BODY_25 keypoints (projected body keypoints + 2 px noise):
                  closed-form keypoint start and the reprojection term
+  pose.1         (--pose) true mask, the solver's body has every joint 0.1 rad off
+  pose.1+opt     (--pose) the same with opt_pose (root and body pose refined)
 
 Metrics (blade_official.md §5): f error = |f - f_gt| / f_gt (%); Txy error = distance of the
 pelvis in camera x, y (mm); Tz error = |pelvis z - z_gt| (m); IoU = both silhouettes
@@ -39,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blade_nodes.body import SMPLXParams, load_body_model  # noqa: E402
-from blade_nodes.camera.solve import SolveConfig, mask_iou, solve_camera  # noqa: E402
+from blade_nodes.camera.solve import (SolveConfig, mask_iou, solve_camera,  # noqa: E402
+                                     solve_camera_body)
 from blade_nodes.render import rasterize  # noqa: E402
 
 SIZES = ((256, 256), (384, 512), (512, 384), (512, 512), (320, 448), (448, 256))
@@ -95,6 +98,9 @@ def make_case(body, rng: np.random.Generator):
             out = body(params)
         verts, pelvis = out.vertices[0], out.joints[0, 0]
         kp3d = body.keypoint_map("body25")(out.joints)[0]
+        # the pose estimate the solver gets in the pose conditions: 0.1 rad off per joint
+        wrong = params.replace(body_pose=params.body_pose + torch.tensor(
+            rng.normal(0, 0.1, 63), dtype=torch.float32)[None])
         w, h = SIZES[rng.integers(len(SIZES))]
         fov = rng.uniform(30, 110)
         f = w / (2 * math.tan(math.radians(fov) / 2))
@@ -106,7 +112,7 @@ def make_case(body, rng: np.random.Generator):
         cover = float(m.float().mean())
         if 0.003 < cover < 0.9:
             return dict(verts=verts, pelvis=pelvis, f=f, t=t, w=w, h=h, mask=m, z=z, fov=fov,
-                        cover=cover, kp3d=kp3d)
+                        cover=cover, kp3d=kp3d, params=params, wrong=wrong)
 
 
 def keypoints_2d(c, rng: np.random.Generator, noise_px: float = 2.0):
@@ -129,6 +135,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--verbose", action="store_true", help="one line per case")
+    ap.add_argument("--pose", action="store_true",
+                    help="add the pose conditions (body model every step: slower)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     body, body_name = load_body()
@@ -146,6 +154,9 @@ def main() -> None:
         "clean+tz10%": dict(noise=False, tz_err=0.10, opt_tz=True),
         "noisy+kp": dict(noise=True, tz_err=0.0, opt_tz=False, kp=True),
     }
+    if args.pose:
+        conditions["pose.1"] = dict(noise=False, tz_err=0.0, opt_tz=False, pose=False)
+        conditions["pose.1+opt"] = dict(noise=False, tz_err=0.0, opt_tz=False, pose=True)
     rows = []
     for name, cond in conditions.items():
         r = dict(cpu=[], f=[], txy=[], tz=[], tz_in=[], iou=[], it=[], s=[], ref=[], mask_iou=[])
@@ -153,12 +164,17 @@ def main() -> None:
         for c in cases:
             m = noisy(c["mask"], crng) if cond["noise"] else c["mask"]
             tz_in = c["z"] * math.exp(crng.normal(0, cond["tz_err"])) if cond["tz_err"] else c["z"]
-            cfg = SolveConfig(iterations=args.iterations, opt_tz=cond["opt_tz"])
+            cfg = SolveConfig(iterations=args.iterations, opt_tz=cond["opt_tz"],
+                              opt_pose=bool(cond.get("pose")))
             t0, c0 = time.perf_counter(), time.process_time()
             kp = dict(keypoints=keypoints_2d(c, crng)[None], keypoints_3d=c["kp3d"][None]) \
                 if cond.get("kp") else {}
-            fit = solve_camera(c["verts"][None], body.faces, m[None].float(),
-                               torch.tensor([tz_in]), pelvis=c["pelvis"][None], cfg=cfg, **kp)
+            if "pose" in cond:  # the solver sees a wrong pose (and may refine it)
+                fit = solve_camera_body(body, c["wrong"], m[None].float(), torch.tensor([tz_in]),
+                                        cfg=cfg)
+            else:
+                fit = solve_camera(c["verts"][None], body.faces, m[None].float(),
+                                   torch.tensor([tz_in]), pelvis=c["pelvis"][None], cfg=cfg, **kp)
             r["s"].append(time.perf_counter() - t0)
             r["cpu"].append(time.process_time() - c0)
             t0 = time.perf_counter()
@@ -166,9 +182,20 @@ def main() -> None:
             r["ref"].append(time.perf_counter() - t0)
             T = fit.camera.translation[0].double()
             fp = float(fit.camera.focal[0])
-            pred = render(c["verts"], body.faces, fp, T, c["w"], c["h"])
+            if "pose" in cond:  # the fitted body (wrong or refined pose) with its camera
+                with torch.no_grad():
+                    vp = body(fit.params).vertices[0]
+                # pelvis error: the fitted body's pelvis joint, not the true one
+                with torch.no_grad():
+                    pel = body(fit.params).joints[0, 0].double() + T
+                    pel_gt = c["pelvis"].double() + c["t"]
+                r["txy_override"] = 1000 * float((pel[:2] - pel_gt[:2]).norm())
+                pred = render(vp, body.faces, fp, T, c["w"], c["h"])
+            else:
+                r.pop("txy_override", None)
+                pred = render(c["verts"], body.faces, fp, T, c["w"], c["h"])
             r["f"].append(100 * abs(fp - c["f"]) / c["f"])
-            r["txy"].append(1000 * float((T[:2] - c["t"][:2]).norm()))
+            r["txy"].append(r.get("txy_override", 1000 * float((T[:2] - c["t"][:2]).norm())))
             r["tz"].append(abs(float(T[2] - c["t"][2])))
             r["tz_in"].append(abs(tz_in - c["z"]))
             r["iou"].append(float(mask_iou(pred, gt)))

@@ -23,7 +23,8 @@ quirks fixed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -66,6 +67,7 @@ class SolveConfig:
         fallback_tz: metres, used (and the frame flagged) when Tz is NaN or <= 0.
         min_mask_pixels: masks with fewer pixels are flagged as empty.
         min_level_size: smallest long side of a coarse level, pixels.
+        wide_search_below: when the start's IoU is below this, also search shifts.
     """
 
     iterations: int = 60
@@ -89,6 +91,7 @@ class SolveConfig:
     fallback_tz: float = 3.0
     min_mask_pixels: int = 16
     min_level_size: int = 96
+    wide_search_below: float = 0.7
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -129,11 +132,16 @@ class CameraFit:
 
 
 # --------------------------------------------------------------------------- helpers
-def _gauss_kernel(sigma: float, dtype, device) -> Tensor:
+@lru_cache(maxsize=16)
+def _gauss_kernel_cpu(sigma: float) -> Tensor:
     r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=dtype, device=device)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
+
+
+def _gauss_kernel(sigma: float, dtype, device) -> Tensor:
+    return _gauss_kernel_cpu(float(sigma)).to(device=device, dtype=dtype)
 
 
 def _blur(img: Tensor, sigma: float) -> Tensor:
@@ -437,6 +445,63 @@ def _moment_init(verts: Tensor, faces: Tensor, lvl: _Level, f: float, t: Tensor,
 
 
 @torch.no_grad()
+def _search_init(verts: Tensor, faces: Tensor, lvl: _Level, f: float, t: Tensor,
+                 tz_ref: float, wide: bool = False) -> tuple[float, Tensor, float]:
+    """Keep the best hard IoU over focal lengths 0.5x-2x around ``f`` (each with the
+    silhouette's centroid moved onto the mask's), then a finer grid around the best.
+    ``wide`` also tries shifts of up to 40 % of the image around each centroid match
+    (for masks that show a small part of the body). Returns (f, t, IoU).
+
+    Area matching alone fails when the mask is cut by the image border (the visible
+    part of a larger body can have the area of a smaller one); IoU does not.
+    """
+    h, w = lvl.h, lvl.w
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
+                            torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    g = lvl.target.detach().double().cpu()
+    v = lvl.valid.detach().double().cpu()
+    gt = g > 0.5
+    ct = torch.stack([(g * xs).sum(), (g * ys).sum()]) / max(float(g.sum()), 1e-9)
+    verts = verts.detach().double().cpu()
+    faces = faces.cpu()
+
+    def render(fv, tv):
+        return lvl.render(verts + tv, faces, torch.tensor(fv, dtype=torch.float64), "cpu") & (v > 0.5)
+
+    def iou(fv, tv):
+        return float(mask_iou(render(fv, tv), gt))
+
+    best = (iou(f, t), f, t.clone().cpu())
+    grids = [torch.logspace(math.log10(0.5), math.log10(2.0), 13).tolist(),
+             [0.94, 0.97, 1.03, 1.06]]
+    if wide:
+        grids[0] = torch.logspace(math.log10(0.4), math.log10(2.5), 9).tolist()
+    for gi, grid in enumerate(grids):
+        f_c, t_c = best[1], best[2]
+        for sc in grid:
+            f2, t2 = f_c * sc, t_c.clone()
+            for _ in range(3):  # the render is cut by the border too: settle the shift
+                r = render(f2, t2).double()
+                a = float(r.sum())
+                if a < 1:
+                    break
+                cr = torch.stack([(r * xs).sum(), (r * ys).sum()]) / a
+                t2[:2] = t2[:2] + (ct - cr) * lvl.k / f2 * tz_ref
+            shifts = [(0.0, 0.0)]
+            if wide and gi == 0:
+                shifts = [(dx * w, dy * h) for dx in (-0.4, -0.2, 0.0, 0.2, 0.4)
+                          for dy in (-0.4, -0.2, 0.0, 0.2, 0.4)]
+            for dx, dy in shifts:
+                t3 = t2.clone()
+                t3[0] += dx * lvl.k / f2 * tz_ref
+                t3[1] += dy * lvl.k / f2 * tz_ref
+                q = iou(f2, t3)
+                if q > best[0]:
+                    best = (q, f2, t3)
+    return best[1], best[2], best[0]
+
+
+@torch.no_grad()
 def _level_iou(geom, faces, camera_now, lvl: _Level, backend: str) -> float:
     """Hard IoU of the current body and camera at a level, inside the image (no gradient)."""
     verts, _ = geom()
@@ -473,7 +538,13 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
                              pp.cpu())
         t = t.to(dev)
     elif cfg.init in ("auto", "mask"):
-        f, t = _moment_init(verts_0, faces, _full_level(mask.float()), f, t, tz_used)
+        full = _full_level(mask.float())
+        f, t = _moment_init(verts_0, faces, full, f, t, tz_used)
+        f, t, q = _search_init(verts_0, faces, full, f, t, tz_used)
+        if q < cfg.wide_search_below:  # a poor start: search shifts too, on a small image
+            f, t, _ = _search_init(verts_0, faces, _full_level(mask.float(), 80), f, t, tz_used,
+                                   wide=True)
+            f, t, q = _search_init(verts_0, faces, full, f, t, tz_used)
         t = t.to(dev)
 
     # -- optimisation variables
