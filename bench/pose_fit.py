@@ -9,6 +9,8 @@ pixel noise is added. Frames with fewer than 6 points left are counted as flagge
 
 Reported per condition: median / p90 MPJPE (pelvis-aligned) and PA-MPJPE (Procrustes:
 rotation, translation, scale) in mm over the 22 SMPL-X body joints, Tz error when refined,
+median |focal error| when the focal is not given (estimated, FoV 40-110 deg; and the old
+60-degree guess for reference),
 seconds per image (wall and CPU, whole batch / images). Reference in the same run: the
 "mean pose" baseline (zero body pose, the fitted root orientation and Tx/Ty/Tz) for accuracy,
 and the full-mesh body model per-iteration cost against the sparse skeleton for speed.
@@ -144,8 +146,12 @@ def pct(values: list[float], q: float) -> float:
 
 def run_condition(bm, name: str, n: int, seed: int, fov: float, noise: float, drop: float,
                   cfg: FitConfig, focal_known: bool = True, tz_error: float = 0.0,
-                  pose_scale: float = 0.5) -> dict:
+                  pose_scale: float = 0.5, tz_range: tuple[float, float] | None = None) -> dict:
     scene = sample_scenes(n, seed, fov, bm.num_betas, pose_scale)
+    if tz_range is not None:  # wide angles: the pelvis closer, as in close-range photos
+        g = torch.Generator().manual_seed(seed + 3)
+        lo, hi = math.log(tz_range[0]), math.log(tz_range[1])
+        scene["tz"] = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
     kp, gt_cam, _ = render_keypoints(bm, scene, noise, drop, seed)
     g = torch.Generator().manual_seed(seed + 2)
     tz_in = scene["tz"] * (1 + tz_error * (torch.rand(n, generator=g) * 2 - 1))
@@ -164,7 +170,9 @@ def run_condition(bm, name: str, n: int, seed: int, fov: float, noise: float, dr
     b_mpjpe, b_pa = errors(bj[ok], gt_cam[ok])
     tz_err = ((fit.tz - scene["tz"]).abs() / scene["tz"] * 100)[ok]
     tz_in_err = ((tz_in - scene["tz"]).abs() / scene["tz"] * 100)[ok]
+    f_err = ((fit.camera.focal / scene["focal"] - 1).abs() * 100)[ok]
     return {"name": name, "n": n, "valid": int(ok.sum()), "mpjpe": mpjpe.tolist(),
+            "f_err": f_err.tolist(), "focal_known": focal_known,
             "pa": pa.tolist(), "pa_full": pa[full].tolist(), "n_full": int(full.sum()),
             "base_pa": b_pa.tolist(), "base_mpjpe": b_mpjpe.tolist(),
             "tz_err": tz_err.tolist(), "tz_in_err": tz_in_err.tolist(),
@@ -232,39 +240,60 @@ def main() -> None:
         ("2px 90deg moderate", dict(fov=90, noise=2, drop=0.1, cfg=base)),
         ("4px 50deg moderate drop25", dict(fov=50, noise=4, drop=0.25, cfg=base)),
         ("2px 50deg wide poses", dict(fov=50, noise=2, drop=0.1, cfg=base, pose_scale=1.0)),
-        ("2px f unknown (60deg)", dict(fov=50, noise=2, drop=0.1, cfg=base, focal_known=False)),
+        ("2px f 60deg guess (50)", dict(fov=50, noise=2, drop=0.1, focal_known=False, seed=100,
+                                         cfg=FitConfig(iterations=args.iterations,
+                                                       starts=args.starts,
+                                                       estimate_focal=False))),
+        ("2px f est. 40deg", dict(fov=40, noise=2, drop=0.1, cfg=base, focal_known=False)),
+        ("2px f est. 50deg", dict(fov=50, noise=2, drop=0.1, cfg=base, focal_known=False,
+                                  seed=100)),
+        ("2px f est. 70deg", dict(fov=70, noise=2, drop=0.1, cfg=base, focal_known=False)),
+        ("2px f est. 95deg <1.5m", dict(fov=95, noise=2, drop=0.1, cfg=base, focal_known=False,
+                                        tz_range=(0.6, 1.5))),
+        ("2px f est. 110deg", dict(fov=110, noise=2, drop=0.1, cfg=base, focal_known=False)),
+        ("2px 50deg no flip search", dict(fov=50, noise=2, drop=0.1, seed=100,
+                                          cfg=FitConfig(iterations=args.iterations,
+                                                        starts=args.starts, flip_search=False))),
         ("2px refine Tz (+-20%)", dict(fov=50, noise=2, drop=0.1, tz_error=0.2, cfg=refine)),
     ]
     print(f"n={args.n} per condition, iterations={args.iterations}, starts={args.starts}, "
-          f"{W}x{H} px")
+          f"{W}x{H} px; 'f 60deg guess', 'f est. 50deg' and 'no flip search' use the first "
+          f"row's scenes")
     hdr = (f"{'condition':<26} {'ok':>5} {'MPJPE med':>9} {'p90':>6} {'PA med':>7} {'p90':>6} "
            f"{'PA full':>11} "
-           f"{'base PA':>7} {'rms px':>6} {'Tz in%':>6} {'Tz out%':>7} {'s/img':>6} {'cpu s':>6}")
+           f"{'base PA':>7} {'rms px':>6} {'Tz in%':>6} {'Tz out%':>7} {'f err%':>6} "
+           f"{'s/img':>6} {'cpu s':>6}")
     print(hdr)
     print("(ok: frames with >= 6 visible points; PA full: median PA-MPJPE / count of frames with "
-          ">= 16 of 18 points visible; base PA: mean-pose baseline)")
+          ">= 16 of 18 points visible; base PA: mean-pose baseline; f err%: median |focal "
+          "error| when the focal is not given)")
     for i, (name, kw) in enumerate(conds):
         if args.only and args.only not in name:
             continue
-        r = run_condition(bm, name, args.n, seed=100 + i, **kw)
+        kw = {"seed": 100 + i, **kw}  # rows with seed=100 see the first row's scenes
+        r = run_condition(bm, name, args.n, **kw)
         tz_in = f"{statistics.median(r['tz_in_err']):6.1f}" if r["refine"] else f"{'-':>6}"
         tz_out = f"{statistics.median(r['tz_err']):7.1f}" if r["refine"] else f"{'-':>7}"
+        f_err = f"{'-':>6}" if r["focal_known"] else f"{pct(r['f_err'], .5):6.1f}"
         print(f"{name:<26} {r['valid']:>2}/{r['n']:<2} {pct(r['mpjpe'], .5):9.1f} "
               f"{pct(r['mpjpe'], .9):6.1f} {pct(r['pa'], .5):7.1f} {pct(r['pa'], .9):6.1f} "
               f"{pct(r['pa_full'], .5):6.1f}/{r['n_full']:<4} "
               f"{pct(r['base_pa'], .5):7.1f} {pct(r['rms'], .5):6.2f} {tz_in} {tz_out} "
-              f"{r['wall']:6.2f} {r['cpu']:6.2f}", flush=True)
+              f"{f_err} {r['wall']:6.2f} {r['cpu']:6.2f}", flush=True)
     # one image per call (no batching): the node's cost for a single photo
     scene = sample_scenes(4, 7, 90, bm.num_betas)
     kp, _, _ = render_keypoints(bm, scene, 2, 0.1, 7)
-    times = []
-    for i in range(4):
-        t0 = time.perf_counter()
-        fit_smplx_to_keypoints(bm, kp.index(i), scene["tz"][i:i + 1], focal=scene["focal"][i:i + 1],
-                               cfg=base)
-        times.append(time.perf_counter() - t0)
-    print(f"single image per call: median {statistics.median(times):.2f} s/image "
-          f"(batched rows above share the per-iteration overhead)")
+    for label, known in (("focal given", True), ("focal estimated", False)):
+        times, cpus = [], []
+        for i in range(4):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fit_smplx_to_keypoints(bm, kp.index(i), scene["tz"][i:i + 1],
+                                   focal=scene["focal"][i:i + 1] if known else None, cfg=base)
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        print(f"single image per call, {label}: median {statistics.median(times):.2f} s/image "
+              f"wall, {statistics.median(cpus):.2f} s CPU (batched rows above share the "
+              f"per-iteration overhead)")
     for b in (2, 16):
         full, sparse = per_iteration_ms(bm, b)
         print(f"per iteration (fwd+bwd), batch {b:>2}: full mesh {full:7.2f} ms, sparse "

@@ -351,3 +351,46 @@ def test_focal_is_estimated_when_unknown(human_body):
     off = fit_smplx_to_keypoints(human_body, kp, tz,
                                  cfg=FitConfig(iterations=10, starts=1, estimate_focal=False))
     torch.testing.assert_close(off.camera.focal, torch.full((B,), focal_from_fov(60.0, W)))
+
+
+def test_limb_flips_keep_the_image_and_swap_depth(human_body):
+    """The flip search's candidates: the whole left arm mirrored about its shoulder, and the
+    left forearm alone about the elbow (hinge kept), leave the joints' image nearly in place
+    and swap the mirrored segment's depth direction."""
+    from blade_nodes.pose.fit import _LIMBS, _global_rotations, _hinge_flip, _reflect
+    pose = torch.zeros(1, 21, 3)
+    pose[0, 15] = torch.tensor([0.0, -0.5, -0.9])  # left arm down, a little toward the camera
+    pose[0, 17, 1] = -1.0                           # elbow bent
+    orient = torch.tensor([[math.pi, 0.0, 0.0]])
+    p = SMPLXParams.zeros(1).replace(body_pose=pose.reshape(1, 63), global_orient=orient)
+    T = torch.tensor([[0.0, 0.0, 3.0]])
+
+    def cam_joints(bp):
+        return human_body(p.replace(body_pose=bp.reshape(1, 63))).joints[0] + T
+
+    def uv(X):
+        return X[:, :2] / X[:, 2:] * 500.0
+
+    X = cam_joints(pose)
+    G = _global_rotations(axis_angle_to_matrix(orient), pose.reshape(1, 63),
+                          [int(j) for j in human_body.parents[:22]])
+    js, je, jw, axis = _LIMBS[0]
+    # whole limb about the shoulder
+    whole = pose.clone()
+    Gs = _reflect(G[js], X[js][None], X[je][None], axis)
+    whole[0, js - 1] = matrix_to_axis_angle(G[human_body.parents[js]].transpose(1, 2) @ Gs)[0]
+    Xw = cam_joints(whole)
+    # lower segment about the elbow
+    twist, bend = _hinge_flip(G[js], G[je], X[js][None], X[je][None], X[jw][None], je, axis)
+    lower = pose.clone()
+    lower[0, js - 1] = matrix_to_axis_angle(axis_angle_to_matrix(pose[:, js - 1])
+                                            @ axis_angle_to_matrix(twist))[0]
+    lower[0, je - 1] = bend[0]
+    Xl = cam_joints(lower)
+    for Y, a, b in ((Xw, js, je), (Xw, je, jw), (Xl, je, jw)):
+        assert (Y[b, 2] - Y[a, 2]) * (X[b, 2] - X[a, 2]) < 0, (a, b)  # depth direction swapped
+    px = lambda Y, j: float((uv(Y[[j]]) - uv(X[[j]])).norm())  # noqa: E731  at 500 px focal
+    assert px(Xw, je) < 0.5 and px(Xl, jw) < 2.0, (px(Xw, je), px(Xl, jw))  # exact flips
+    assert px(Xw, jw) < 15.0  # the rest of the limb follows (the fit refines it)
+    torch.testing.assert_close(Xl[je], X[je], atol=1e-5, rtol=0)  # the twist keeps the elbow
+    assert bend[0, axis] <= 0.05  # the left elbow still bends its own way

@@ -23,7 +23,10 @@ single images):
 Optimisation: Adam (element-wise, hence batch-independent and deterministic on CPU) in two
 stages: root rotation and pelvis position on torso points, then everything. Several starts
 (facing the camera, facing away, both profiles) run in the same batch; the lowest objective
-wins per image.
+wins per image. 2D keypoints cannot tell whether a limb points toward or away from the
+camera, so after most of stage 2 a limb flip search (``FitConfig.flip_search``) tries the
+mirrored alternatives of each limb on the winning start (all candidates in one batch) and
+keeps the ones that lower the objective, prior included.
 
 Joints come from :class:`~blade_nodes.pose.skeleton.SparseSkeleton` (no full mesh pass).
 """
@@ -157,6 +160,12 @@ class FitConfig:
         focal_lr: Adam step of log f (0.03: 3 % per step at most).
         fov_range: (min, max) horizontal field of view in degrees over the longer side that an
             estimated focal is softly kept in.
+        flip_search: after ``flip_at`` of stage 2, keep the best start per image and try depth
+            flips of each limb (whole limb, lower or upper segment mirrored toward / away from
+            the camera), each refined ``flip_iterations`` steps; the best option per limb is
+            combined and refined against the unflipped fit, the lower objective wins.
+        flip_at: share of stage 2 before the flip search (0.5..0.95: after the annealing).
+        flip_iterations: refinement steps of every flip candidate (part of ``iterations``).
     """
 
     iterations: int = 200
@@ -181,12 +190,17 @@ class FitConfig:
     estimate_focal: bool = True
     focal_lr: float = 0.03
     fov_range: tuple[float, float] = (15.0, 140.0)
+    flip_search: bool = True
+    flip_at: float = 0.6
+    flip_iterations: int = 10
 
     def __post_init__(self) -> None:
         if self.starts not in (1, 2, 3, 4):
             raise ValueError(f"FitConfig.starts: expected 1..4, got {self.starts}")
         if self.iterations < 1:
             raise ValueError(f"FitConfig.iterations: expected >= 1, got {self.iterations}")
+        if not 0.5 <= self.flip_at <= 0.95:
+            raise ValueError(f"FitConfig.flip_at: expected 0.5..0.95, got {self.flip_at}")
 
 
 @dataclass(frozen=True)
@@ -424,128 +438,333 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         rh0 = torch.zeros(N, 45, device=dev)
         betas0 = torch.zeros(N, nbetas, device=dev)
         prior_mean = (NATURAL_POSE.reshape(1, 63) * cfg.natural_prior).to(dev).expand(N, 63)
-    d_root = torch.zeros(N, 3, device=dev, requires_grad=True)
-    body_pose = pose0.clone().requires_grad_(True)
-    lhand = lh0.clone().requires_grad_(True)
-    rhand = rh0.clone().requires_grad_(True)
-    betas = betas0.clone().requires_grad_(True)
-    duv = torch.zeros(N, 2, device=dev, requires_grad=True)  # pelvis shift, units of 10 % person size
-    log_tz = torch.zeros(N, device=dev, requires_grad=True)
+    C = {"xy": xy, "conf": conf, "w": w, "torso_w": torso_w, "scale": scale, "uv0": uv0,
+         "pp": pp_n, "tz": tz_n, "hand_on": _hand_on_rows(has_hand, cfg, dtype),
+         "prior_mean": prior_mean.reshape(N, 63).contiguous(), "R0": R0}
     eye = torch.eye(3, device=dev)
     joint_prior = _JOINT_PRIOR.to(dev)[:, None]
     lim_lo, lim_hi = (t.to(dev) for t in POSE_LIMITS)
-    hand_on = has_hand.to(dtype) if cfg.fit_hands else torch.zeros_like(has_hand, dtype=dtype)
+    parents = [int(p) for p in skel.parents[:22].tolist()]
     tau2 = 0.01 ** 2  # unit of the data term: 1 % of the person size
     sigma2 = cfg.robust_sigma ** 2
 
-    anneal = [1.0]  # pose-prior multiplier, lowered during stage 2 (coarse to fine)
-
     def forward(R_root, bp, lh, rh, b) -> Tensor:
-        """[N, J, 3] body-frame joints (transl = 0)."""
-        local = axis_angle_to_matrix(torch.cat([bp.reshape(N, 21, 3), lh.reshape(N, 15, 3),
-                                                rh.reshape(N, 15, 3)], 1))
-        rot = torch.cat([R_root[:, None], local[:, :21], eye.expand(N, 3, 3, 3), local[:, 21:]], 1)
+        """[M, J, 3] body-frame joints (transl = 0)."""
+        M = bp.shape[0]
+        local = axis_angle_to_matrix(torch.cat([bp.reshape(M, 21, 3), lh.reshape(M, 15, 3),
+                                                rh.reshape(M, 15, 3)], 1))
+        rot = torch.cat([R_root[:, None], local[:, :21], eye.expand(M, 3, 3, 3), local[:, 21:]], 1)
         return skel(rot, b)
 
+    hand_on = C["hand_on"]
     estimate_f = f_range is not None
     if estimate_f:  # closed-form start of f: the start pose's keypoint spread at depth Tz
         with torch.no_grad():
             j0 = forward(R0, pose0, lh0 * hand_on[:, :1], rh0 * hand_on[:, 1:], betas0)
             k0 = torch.einsum("kj,bjc->bkc", W_map, j0)[:, parts["body"]]
-            pc0 = torch.cat([(uv0 - pp_n) * (tz_n / f_n)[:, None],
-                             tz_n[:, None]], 1)
+            pc0 = torch.cat([(uv0 - pp_n) * (tz_n / f_n)[:, None], tz_n[:, None]], 1)
             f_start = _closed_form_focal(k0.cpu(), body_xy.cpu(), body_ok.cpu(), f_n.cpu(),
                                          pp_n.cpu(), pc0.cpu(), j0[:, 0].cpu()).to(dev, dtype)
-        log_f_lo, log_f_hi = rep(f_range).log().unbind(1)
-        f_start = torch.minimum(torch.maximum(f_start, log_f_lo.exp()), log_f_hi.exp())
+        C["log_f_lo"], C["log_f_hi"] = rep(f_range).log().unbind(1)
+        f_start = torch.minimum(torch.maximum(f_start, C["log_f_lo"].exp()), C["log_f_hi"].exp())
     else:
         f_start = f_n
-    log_f = f_start.log().clone().requires_grad_(estimate_f)
+    P = {"d_root": torch.zeros(N, 3, device=dev), "body_pose": pose0.clone(),
+         "lhand": lh0.clone(), "rhand": rh0.clone(), "betas": betas0.clone(),
+         "duv": torch.zeros(N, 2, device=dev),  # pelvis shift, units of 10 % person size
+         "log_tz": torch.zeros(N, device=dev), "log_f": f_start.log().clone()}
 
-    def energy(stage: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        R_root = axis_angle_to_matrix(d_root) @ R0
-        lh = lhand * hand_on[:, :1]
-        rh = rhand * hand_on[:, 1:]
-        joints = forward(R_root, body_pose, lh, rh, betas)
+    def state(C: dict, P: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Root rotation [M, 3, 3], body-frame joints [M, J, 3], pelvis in camera [M, 3], Tz [M]."""
+        R_root = axis_angle_to_matrix(P["d_root"]) @ C["R0"]
+        joints = forward(R_root, P["body_pose"], P["lhand"] * C["hand_on"][:, :1],
+                         P["rhand"] * C["hand_on"][:, 1:], P["betas"])
+        t_z = C["tz"] * torch.exp(P["log_tz"]) if cfg.refine_tz else C["tz"]
+        uv = C["uv0"] + P["duv"] * (0.1 * C["scale"][:, None])
+        f_cur = torch.exp(P["log_f"])
+        pelvis_cam = torch.cat([(uv - C["pp"]) * (t_z / f_cur)[:, None], t_z[:, None]], 1)
+        return R_root, joints, pelvis_cam, t_z
+
+    def energy(C: dict, P: dict, stage: int, anneal: float = 1.0) -> dict:
+        M = P["d_root"].shape[0]
+        _, joints, pelvis_cam, t_z = state(C, P)
         kp3 = torch.einsum("kj,bjc->bkc", W_map, joints)
         pelvis_body = joints[:, 0]
-        t_z = tz_n * torch.exp(log_tz) if cfg.refine_tz else tz_n
-        f_n = torch.exp(log_f)
-        uv = uv0 + duv * (0.1 * scale[:, None])
-        pelvis_cam = torch.cat([(uv - pp_n) * (t_z / f_n)[:, None], t_z[:, None]], 1)
+        f_cur = torch.exp(P["log_f"])
         cam = kp3 - pelvis_body[:, None] + pelvis_cam[:, None]
         z = cam[..., 2:].clamp_min(0.02)
-        proj = cam[..., :2] / z * f_n[:, None, None] + pp_n[:, None]
-        d2 = ((proj - xy) ** 2).sum(-1) / (scale[:, None] ** 2)
+        xy = C["xy"]
+        proj = cam[..., :2] / z * f_cur[:, None, None] + C["pp"][:, None]
+        d2 = ((proj - xy) ** 2).sum(-1) / (C["scale"][:, None] ** 2)
         rho = _gmof(d2, sigma2) / tau2
         if stage == 1:
-            data = (torso_w * rho).sum(1) / torso_w.sum(1).clamp_min(1e-6)
+            tw = C["torso_w"]
+            data = (tw * rho).sum(1) / tw.sum(1).clamp_min(1e-6)
         else:
-            data = torch.zeros(N, device=dev)
+            data = torch.zeros(M, device=dev)
             for name, sl in parts.items():
-                ww = w[:, sl]
+                ww = C["w"][:, sl]
                 data = data + part_w[name] * (ww * rho[:, sl]).sum(1) / ww.sum(1).clamp_min(1e-6)
-        bp = body_pose.reshape(N, 21, 3)
-        prior = anneal[0] * cfg.pose_prior * (joint_prior * (bp - prior_mean.reshape(N, 21, 3)) ** 2).sum((1, 2))
+        bp = P["body_pose"].reshape(M, 21, 3)
+        lh = P["lhand"] * C["hand_on"][:, :1]
+        rh = P["rhand"] * C["hand_on"][:, 1:]
+        prior = anneal * cfg.pose_prior * (joint_prior * (bp - C["prior_mean"].reshape(M, 21, 3))
+                                           ** 2).sum((1, 2))
         # joint limits (knees and elbows bend one way, hips barely extend, ...)
         limits = (torch.relu(lim_lo - bp) ** 2 + torch.relu(bp - lim_hi) ** 2).sum((1, 2))
         prior = prior + cfg.limit_prior * limits
         # knees and elbows are hinges: little rotation off their bending axis
         side = (bp[:, [3, 4], 1:] ** 2).sum((1, 2)) + (bp[:, [17, 18], 2] ** 2).sum(1)
         prior = prior + cfg.hinge_prior * side
-        prior = prior + cfg.shape_prior * (betas ** 2).sum(1)
+        prior = prior + cfg.shape_prior * (P["betas"] ** 2).sum(1)
         prior = prior + cfg.hand_prior * ((lh ** 2).sum(1) + (rh ** 2).sum(1))
         if cfg.refine_tz:
-            prior = prior + (log_tz / cfg.tz_sigma) ** 2
+            prior = prior + (P["log_tz"] / cfg.tz_sigma) ** 2
         if estimate_f:  # keep f inside the plausible field-of-view range
-            prior = prior + 100.0 * (torch.relu(log_f_lo - log_f) ** 2
-                                     + torch.relu(log_f - log_f_hi) ** 2)
+            lf = P["log_f"]
+            prior = prior + 100.0 * (torch.relu(C["log_f_lo"] - lf) ** 2
+                                     + torch.relu(lf - C["log_f_hi"]) ** 2)
         # reprojection RMS over body points, px (for the report)
         with torch.no_grad():
-            okb = conf[:, parts["body"]] > 0
+            okb = C["conf"][:, parts["body"]] > 0
             e2 = ((proj[:, parts["body"]] - xy[:, parts["body"]]) ** 2).sum(-1)
             rms = torch.sqrt((e2 * okb).sum(1) / okb.sum(1).clamp_min(1))
-        return data + prior, rms, t_z, pelvis_cam, pelvis_body
+        return {"e": data + prior, "rms": rms, "tz": t_z, "pelvis_cam": pelvis_cam,
+                "pelvis_body": pelvis_body}
 
     n1 = max(1, int(round(cfg.iterations * cfg.stage1_fraction))) if cfg.iterations > 1 else 0
     n2 = cfg.iterations - n1
-    step = 0
+    counter = [0]
     every = max(1, cfg.iterations // 50)
-    f_par = [log_f] if estimate_f else []
-    stages = [(1, n1, [d_root, duv] + f_par),
-              (2, n2, [d_root, duv, body_pose, betas, lhand, rhand] + f_par
-               + ([log_tz] if cfg.refine_tz else []))]
-    for stage, iters, params in stages:
-        if iters <= 0:
-            continue
-        opt = torch.optim.Adam([{"params": [p], "lr": cfg.lr * (0.5 if p is duv else
-                                                              0.2 if p is log_tz else
-                                                              cfg.focal_lr / cfg.lr
-                                                              if p is log_f else 1.0)}
-                                for p in params])
-        for k in range(iters):
-            if stage == 2:  # pose prior from cfg.anneal x down to 1x over the first half
-                anneal[0] = 1.0 + (cfg.anneal - 1.0) * max(0.0, 1.0 - 2.0 * k / iters)
-            opt.zero_grad(set_to_none=True)
-            e = energy(stage)[0]
-            e.sum().backward()
-            opt.step()
-            step += 1
-            if progress and step % every == 0:
-                progress(step, cfg.iterations)
-    anneal[0] = 1.0
+    lrs = {"duv": 0.5 * cfg.lr, "log_tz": 0.2 * cfg.lr, "log_f": cfg.focal_lr}
+    stage2 = ["d_root", "duv", "body_pose", "betas", "lhand", "rhand"] + \
+        (["log_f"] if estimate_f else []) + (["log_tz"] if cfg.refine_tz else [])
+
+    def run(C: dict, P: dict, stage: int, iters: int, names: list[str], A: dict,
+            anneal_iters: int = 0) -> None:
+        """Adam on P[names] (in place). ``A``: its moments per name (row-aligned with P, so
+        rows can be selected or repeated mid-way) and step count "t". The pose prior anneals
+        over ``anneal_iters`` steps."""
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        for k in names:
+            A.setdefault(k, (torch.zeros_like(P[k]), torch.zeros_like(P[k])))
+        for it in range(iters):
+            a = 1.0 + (cfg.anneal - 1.0) * max(0.0, 1.0 - it / anneal_iters) if anneal_iters \
+                else 1.0
+            for k in names:
+                P[k] = P[k].detach().requires_grad_(True)
+            e = energy(C, P, stage, a)["e"].sum()
+            grads = torch.autograd.grad(e, [P[k] for k in names])
+            A["t"] = t = A.get("t", 0) + 1
+            with torch.no_grad():
+                for k, g in zip(names, grads):
+                    m, v = A[k]
+                    m = m.mul(b1).add_(g, alpha=1 - b1)
+                    v = v.mul(b2).addcmul_(g, g, value=1 - b2)
+                    A[k] = (m, v)
+                    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+                    P[k] = P[k].detach() - lrs.get(k, cfg.lr) / (1 - b1 ** t) * m / denom
+            counter[0] += 1
+            if progress and counter[0] % every == 0:
+                progress(min(counter[0], cfg.iterations), cfg.iterations)
+        for k in names:
+            P[k] = P[k].detach()
+
+    def take_adam(A: dict, rows: Tensor) -> dict:
+        return {k: v if k == "t" else (v[0][rows], v[1][rows]) for k, v in A.items()}
+
+    def take(D: dict, rows: Tensor) -> dict:
+        return {k: v[rows].detach() for k, v in D.items()}
+
+    run(C, P, 1, n1, ["d_root", "duv"] + (["log_f"] if estimate_f else []), {})
+    # stage 2: the pose prior relaxes from cfg.anneal x to 1x over the first half
+    k_flip = min(cfg.flip_iterations, n2 // 4) if cfg.flip_search else 0
+    n2a = n2 if not k_flip else max(1, int(round(n2 * cfg.flip_at)))
+    half = max(1, n2 // 2)
+    A: dict = {}
+    run(C, P, 2, n2a, stage2, A, anneal_iters=half)
+    start_of = torch.arange(S, device=dev).repeat(n)
     with torch.no_grad():
-        e, rms, t_z, pelvis_cam, pelvis_body = energy(2)
-        best = e.reshape(n, S).argmin(1)  # [n]
+        e = energy(C, P, 2)["e"]
+        best = e.reshape(n, S).argmin(1)
+    if k_flip:
+        # keep the best start per image, search limb depth flips, refine on the winners
         rows = torch.arange(n, device=dev) * S + best
-        R_root = axis_angle_to_matrix(d_root[rows]) @ R0[rows]
-        lh = (lhand * hand_on[:, :1])[rows]
-        rh = (rhand * hand_on[:, 1:])[rows]
-        params = {"global_orient": matrix_to_axis_angle(R_root), "body_pose": body_pose[rows],
-                  "left_hand_pose": lh, "right_hand_pose": rh,
-                  "betas": torch.nn.functional.pad(betas[rows], (0, max(0, body_model.num_betas - nbetas)))}
+        C, P, A = take(C, rows), take(P, rows), take_adam(A, rows)
+        start_of = start_of[rows]
+        Cc, Pc = _flip_candidates(C, P, state, parents, n)
+        k = Pc["body_pose"].shape[0] // n
+        Ac = take_adam(A, torch.arange(n, device=dev).repeat(k))
+        run(Cc, Pc, 2, k_flip, stage2, Ac)
+        with torch.no_grad():
+            ec = energy(Cc, Pc, 2)["e"].reshape(-1, n)  # [1 + 3 * limbs, n]
+            P2 = {k: v.clone() for k, v in take(Pc, torch.arange(n, device=dev)).items()}
+            bp = P2["body_pose"].reshape(n, 21, 3)
+            cand_bp = Pc["body_pose"].reshape(-1, n, 21, 3)
+            for li, (js, je, _, _) in enumerate(_LIMBS):
+                opts = torch.tensor([0] + [1 + 3 * li + o for o in range(3)], device=dev)
+                pick_ = opts[ec[opts].argmin(0)]  # [n]
+                sel = cand_bp[pick_, torch.arange(n, device=dev)]
+                bp[:, js - 1], bp[:, je - 1] = sel[:, js - 1], sel[:, je - 1]
+            P2["body_pose"] = bp.reshape(n, 63)
+            P = {k: torch.cat([take(Pc, torch.arange(n, device=dev))[k], P2[k]]) for k in P}
+            C = {k: torch.cat([v, v]) for k, v in C.items()}
+            A = take_adam(Ac, torch.cat([torch.arange(n, device=dev)] * 2))
+        run(C, P, 2, n2 - n2a - k_flip, stage2, A)
+        with torch.no_grad():
+            out = energy(C, P, 2)
+            pick2 = out["e"].reshape(2, n).argmin(0)
+            rows = pick2 * n + torch.arange(n, device=dev)
+            start_of = start_of.repeat(2)
+    else:
+        run(C, P, 2, n2 - n2a, stage2, A)
+        with torch.no_grad():
+            out = energy(C, P, 2)
+            best = out["e"].reshape(n, S).argmin(1)  # [n]
+            rows = torch.arange(n, device=dev) * S + best
+    if progress:
+        progress(min(counter[0], cfg.iterations), cfg.iterations)
+    with torch.no_grad():
+        R_root = axis_angle_to_matrix(P["d_root"][rows]) @ C["R0"][rows]
+        lh = (P["lhand"] * C["hand_on"][:, :1])[rows]
+        rh = (P["rhand"] * C["hand_on"][:, 1:])[rows]
+        params = {"global_orient": matrix_to_axis_angle(R_root),
+                  "body_pose": P["body_pose"][rows], "left_hand_pose": lh, "right_hand_pose": rh,
+                  "betas": torch.nn.functional.pad(P["betas"][rows],
+                                                   (0, max(0, body_model.num_betas - nbetas)))}
         return {"params": {k: v.detach().cpu() for k, v in params.items()},
-                "tz": t_z[rows].cpu(), "pelvis_cam": pelvis_cam[rows].cpu(),
-                "pelvis_body": pelvis_body[rows].cpu(), "loss": e[rows].cpu(),
-                "rms": rms[rows].cpu(), "start": best.cpu(),
-                "focal": torch.exp(log_f)[rows].detach().cpu()}
+                "tz": out["tz"][rows].cpu(), "pelvis_cam": out["pelvis_cam"][rows].cpu(),
+                "pelvis_body": out["pelvis_body"][rows].cpu(), "loss": out["e"][rows].cpu(),
+                "rms": out["rms"][rows].cpu(), "start": start_of[rows].cpu(),
+                "focal": torch.exp(P["log_f"])[rows].cpu()}
+
+
+# (upper joint, hinge joint, end joint, local hinge axis) of the four limbs
+_LIMBS = ((16, 18, 20, 1), (17, 19, 21, 1), (1, 4, 7, 0), (2, 5, 8, 0))
+
+
+def _hand_on_rows(has_hand: Tensor, cfg: FitConfig, dtype) -> Tensor:
+    """[N, 2] 1 where a hand's pose is solved (enough hand points and ``cfg.fit_hands``)."""
+    return has_hand.to(dtype) if cfg.fit_hands else torch.zeros_like(has_hand, dtype=dtype)
+
+
+def _global_rotations(R_root: Tensor, body_pose: Tensor, parents: list[int]) -> list[Tensor]:
+    """Camera-frame rotations [M, 3, 3] of body joints 0..21."""
+    local = axis_angle_to_matrix(body_pose.reshape(-1, 21, 3))
+    G = [R_root]
+    for j in range(1, 22):
+        G.append(G[parents[j]] @ local[:, j - 1])
+    return G
+
+
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+
+def _depth_flip(a: Tensor, b: Tensor) -> Tensor:
+    """Unit direction from ``a`` to the other point of ``b``'s camera ray at ``b``'s distance
+    from ``a`` (the perspective depth flip of segment a->b; [M, 3] camera points). Without
+    such a point, the orthographic mirror."""
+    r = _unit(b)
+    t = 2 * (r * a).sum(-1, keepdim=True) - b.norm(dim=-1, keepdim=True)
+    d = _unit(b - a)
+    ortho = _unit(d - 2 * (d * r).sum(-1, keepdim=True) * r)
+    return torch.where(t > 0.05, _unit(t * r - a), ortho)
+
+
+def _rotation_between(a: Tensor, b: Tensor) -> Tensor:
+    """[M, 3, 3] smallest rotation taking unit vectors a to b [M, 3]."""
+    axis = torch.cross(a, b, dim=-1)
+    angle = torch.atan2(axis.norm(dim=-1), (a * b).sum(-1))
+    return axis_angle_to_matrix(_unit(axis) * angle[:, None])
+
+
+def _reflect(G: Tensor, point: Tensor, child: Tensor, axis: int) -> Tensor:
+    """Depth flip of a segment's frame: reflect ``G`` [M, 3, 3] about the plane through
+    ``point`` [M, 3] (camera) perpendicular to the camera ray, then flip the local ``axis``
+    (the hinge below it), which keeps a proper rotation and the hinge's bend; a last small
+    rotation puts the segment's end ``child`` [M, 3] back on its own camera ray."""
+    r = _unit(point)
+    Mr = torch.eye(3, device=G.device, dtype=G.dtype) - 2 * r[:, :, None] * r[:, None, :]
+    D = torch.ones(3, device=G.device, dtype=G.dtype)
+    D[axis] = -1
+    F = Mr @ G * D  # (Mr G) diag(D)
+    bone = G.transpose(1, 2) @ _unit(child - point)[..., None]  # the segment, local frame
+    return _rotation_between((F @ bone)[..., 0], _depth_flip(point, child)) @ F
+
+
+def _hinge_flip(Gs: Tensor, Ge: Tensor, Xs: Tensor, Xe: Tensor, Xw: Tensor, je: int,
+                axis: int, samples: int = 64) -> tuple[Tensor, Tensor]:
+    """Depth flip of the lower segment of a hinged limb (forearm, shin), the hinge kept.
+
+    The lower segment's end moves to the other point of its camera ray at the same distance
+    from the hinge joint (depth flip); the upper segment keeps its direction and twists about
+    it (``twist`` [M, 3], local axis-angle applied after the upper joint's rotation), the
+    hinge takes the bend (``bend`` [M, 3], a pure rotation about its axis within
+    ``POSE_LIMITS``) that puts the lower segment there.
+    Gs, Ge [M, 3, 3]: camera-frame rotations of the upper and hinge joints; Xs, Xe, Xw [M, 3]:
+    camera positions of the upper, hinge and end joints.
+    """
+    unit = _unit
+    u, d = unit(Xe - Xs), unit(Xw - Xe)
+    d_new = _depth_flip(Xe, Xw)
+    b = (Gs.transpose(1, 2) @ u[..., None])[..., 0]        # upper bone, upper-joint frame
+    v = (Gs.transpose(1, 2) @ d_new[..., None])[..., 0]    # wanted lower bone, same frame
+    q = (Ge.transpose(1, 2) @ d[..., None])[..., 0]        # lower bone in the hinge's frame
+    lo, hi = (float(t[je - 1, axis]) for t in POSE_LIMITS)
+    theta = torch.linspace(lo, hi, samples, device=Gs.device, dtype=Gs.dtype)
+    aa = torch.zeros(samples, 3, device=Gs.device, dtype=Gs.dtype)
+    aa[:, axis] = theta
+    c = torch.einsum("sij,mj->msi", axis_angle_to_matrix(aa), q)  # [M, S, 3] bent lower bones
+    # the twist about b keeps the angle to b: pick the bend whose angle matches
+    k = ((c * b[:, None]).sum(-1) - (v * b).sum(-1, keepdim=True)).abs().argmin(1)
+    ck = c[torch.arange(len(k)), k]
+    perp = lambda x: x - (x * b).sum(-1, keepdim=True) * b  # noqa: E731
+    p1, p2 = unit(perp(ck)), unit(perp(v))
+    phi = torch.atan2((b * torch.cross(p1, p2, dim=-1)).sum(-1), (p1 * p2).sum(-1))
+    bend = torch.zeros_like(Xs)
+    bend[:, axis] = theta[k]
+    return b * phi[:, None], bend
+
+
+def _flip_candidates(C: dict, P: dict, state, parents: list[int], n: int) -> tuple[dict, dict]:
+    """Rows [original; per limb: whole limb flipped, lower segment flipped, upper segment
+    flipped] x n images (blocks of n rows), each limb changed alone.
+
+    A depth flip reflects a segment about the plane through its upper joint perpendicular to
+    the camera ray: its image stays put (up to perspective), it swaps toward / away from
+    the camera. Whole limb: the upper joint's frame is reflected (the hinge below keeps its
+    angle); lower: the lower joint's frame; upper: both, which puts the lower segment back.
+    """
+    def flips(P: dict, kind: str) -> list[Tensor]:
+        with torch.no_grad():
+            R_root, joints, pelvis_cam, _ = state(C, P)
+            X = joints - joints[:, :1] + pelvis_cam[:, None]
+            G = _global_rotations(R_root, P["body_pose"], parents)
+            out = []
+            for js, je, jw, axis in _LIMBS:
+                bp = P["body_pose"].reshape(n, 21, 3).clone()
+                if kind == "whole":
+                    Gs = _reflect(G[js], X[:, js], X[:, je], axis)
+                    bp[:, js - 1] = matrix_to_axis_angle(G[parents[js]].transpose(1, 2) @ Gs)
+                else:  # lower segment about the hinge: upper twist + new bend
+                    twist, bend = _hinge_flip(G[js], G[je], X[:, js], X[:, je], X[:, jw], je, axis)
+                    bp[:, js - 1] = matrix_to_axis_angle(
+                        axis_angle_to_matrix(bp[:, js - 1]) @ axis_angle_to_matrix(twist))
+                    bp[:, je - 1] = bend
+                out.append(bp.reshape(n, 63))
+            return out
+
+    whole = flips(P, "whole")
+    lower = flips(P, "lower")
+    upper = []
+    for li, bp in enumerate(whole):  # lower-segment flip of the whole-limb flip
+        upper.append(flips({**P, "body_pose": bp}, "lower")[li])
+    poses = [P["body_pose"]]
+    for li in range(len(_LIMBS)):
+        poses += [whole[li], lower[li], upper[li]]
+    k = len(poses)
+    Cc = {key: v.repeat(k, *([1] * (v.ndim - 1))) for key, v in C.items()}
+    Pc = {key: v.repeat(k, *([1] * (v.ndim - 1))) for key, v in P.items()}
+    Pc["body_pose"] = torch.cat(poses)
+    return Cc, Pc
