@@ -283,6 +283,7 @@ def main() -> None:
     # one image per call (no batching): the node's cost for a single photo
     scene = sample_scenes(4, 7, 90, bm.num_betas)
     kp, _, _ = render_keypoints(bm, scene, 2, 0.1, 7)
+    fit_smplx_to_keypoints(bm, kp.index(0), scene["tz"][:1], cfg=FitConfig(iterations=2))  # imports
     for label, known in (("focal given", True), ("focal estimated", False)):
         times, cpus = [], []
         for i in range(4):

@@ -166,6 +166,10 @@ class FitConfig:
             combined and refined against the unflipped fit, the lower objective wins.
         flip_at: share of stage 2 before the flip search (0.5..0.95: after the annealing).
         flip_iterations: refinement steps of every flip candidate (part of ``iterations``).
+            Measured (bench/pose_fit.py): the candidates reach the same 2D error, and the
+            unflipped fit's objective is already the lower or tied one, although flipped
+            candidates are often closer to the truth: the prior, not the optimiser, sets
+            the accuracy there. The search is a safety net against optimiser traps.
     """
 
     iterations: int = 200
