@@ -7,17 +7,24 @@ quirks fixed:
   and ``pelvis_z`` the pelvis joint's z of the posed body at ``transl = 0``; ``f`` from
   the image size (``max(H, W)``, ~53 degrees, as official). Then a closed-form start:
   the official keypoint initialisation (§4.2) when 2D keypoints are given, else
-  matching the silhouette's area and centroid to the mask's (a few hard renders).
-- Loss: ``1 - soft IoU`` of the Gaussian-smoothed rendered silhouette and mask, coarse
-  to fine (stages of increasing resolution and decreasing blur), plus an optional
-  keypoint reprojection term and priors (log Tz towards its estimate, pose towards its
-  start). The silhouette is exact-edge differentiable (:mod:`.silhouette`), not a
-  SoftRas blur.
-- Keep the best iterate by the hard IoU at the finest level.
+  matching the silhouette's area and centroid to the mask's, checked by hard IoU over a
+  grid of focal lengths (and of shifts when the start is poor, e.g. a mask that shows
+  a small part of the body).
+- Coarse to fine in a window around the mask (integer downscales, so every level is
+  exactly the same camera): blurred levels minimise the squared difference of the
+  Gaussian-smoothed silhouette and mask, the finest level ``1 - soft IoU`` of the
+  unblurred ones. (The official soft IoU of *blurred* masks is biased: it is maximised
+  by a silhouette larger than the mask wherever the blur makes values fractional.)
+  Plus an optional keypoint reprojection term (official weighting) and priors (log Tz
+  towards its estimate, pose towards its start). The silhouette is exact-edge
+  differentiable (:mod:`.silhouette`), not a SoftRas blur.
+- Keep the best iterate by the hard IoU at the finest level (the start included).
 - Every frame is solved alone with its own optimiser state and its own body-model
-  forward pass, so a frame's result does not depend on the batch it came in, and the
-  CPU path is deterministic (no random numbers, no atomics). On CUDA, nvdiffrast's
-  antialias backward uses atomic adds, so results may differ in the last bits.
+  forward pass, so a frame's result does not depend on the batch it came in (the
+  official solver's learning rates, resolution and loss normalisers did), and the CPU
+  path is deterministic (no random numbers, no atomics). On CUDA, nvdiffrast's antialias
+  backward uses atomic adds, so results may differ in the last bits.
+- Not optimised (unlike official): hand poses (the silhouette barely sees them) and betas.
 - Units: f in pixels of the mask, T in metres, OpenCV axes (:mod:`.convention`).
 """
 from __future__ import annotations
@@ -32,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .convention import Camera
-from .silhouette import EdgeTerms, edge_terms, face_adjacency, resolve_backend, silhouette
+from .silhouette import (EdgeTerms, _face_ids, edge_terms, face_adjacency, resolve_backend,
+                         silhouette)
 
 __all__ = ["SolveConfig", "CameraFit", "solve_camera", "solve_camera_body", "mask_iou",
            "keypoint_init"]
@@ -47,7 +55,8 @@ class SolveConfig:
     Attributes:
         iterations: optimisation steps per image, split over ``stages``.
         stages: (scale, blur sigma in pixels of that level, share of the iterations) per
-            level, coarse to fine; scale 1 is the working resolution.
+            level, coarse to fine; scale 1 is the working resolution. sigma 0 means the
+            IoU loss, sigma > 0 the blurred squared difference.
         max_size: long side of the working resolution, pixels (larger masks are solved
             downscaled; f is reported in the mask's pixels).
         opt_tz: also optimise Tz (pulled towards the given pelvis depth).
@@ -348,10 +357,15 @@ class _Level:
     target_b: Tensor  # blurred target
     support: Tensor  # [h, w] bool, where target_b > 0
 
-    def render(self, verts_cam: Tensor, faces: Tensor, focal: Tensor, backend: str):
+    def render(self, verts_cam: Tensor, faces: Tensor, focal: Tensor, backend: str) -> Tensor:
+        """[h, w] bool hard silhouette (back faces culled, as the differentiable one)."""
+        if backend == "cpu" or verts_cam.device.type == "cpu":
+            return _face_ids(verts_cam.detach().to("cpu", torch.float64), faces.cpu(),
+                             (focal.detach() / self.k).to("cpu", torch.float64),
+                             self.pp.to("cpu", torch.float64), self.h, self.w, True) >= 0
         from ..render import rasterize
         return rasterize(verts_cam[None], faces, (focal / self.k)[None], self.pp[None], self.h,
-                         self.w, backend="cpu" if backend == "cpu" else "auto").mask[0]
+                         self.w, backend="auto", cull_backfaces=True).mask[0]
 
 
 def _window(mask: Tensor, ks: list[int]) -> tuple[int, int, int, int]:
@@ -408,7 +422,7 @@ def _make_level(mask: Tensor, x0: int, y0: int, wc: int, hc: int, k: int, sigma:
     return _Level(k, hc // k, wc // k, sigma, pp / k, t, v, tb, tb > 0)
 
 
-def _full_level(mask: Tensor, size: int = 192) -> _Level:
+def _full_level(mask: Tensor, size: int = 128) -> _Level:
     """The whole image at about ``size`` pixels on the long side (for the start)."""
     H, W = mask.shape
     k = max(1, math.ceil(max(H, W) / size))
@@ -472,15 +486,15 @@ def _search_init(verts: Tensor, faces: Tensor, lvl: _Level, f: float, t: Tensor,
         return float(mask_iou(render(fv, tv), gt))
 
     best = (iou(f, t), f, t.clone().cpu())
-    grids = [torch.logspace(math.log10(0.5), math.log10(2.0), 13).tolist(),
-             [0.94, 0.97, 1.03, 1.06]]
+    grids = [torch.logspace(math.log10(0.5), math.log10(2.0), 9).tolist(),
+             [0.92, 0.96, 1.04, 1.08]]
     if wide:
-        grids[0] = torch.logspace(math.log10(0.4), math.log10(2.5), 9).tolist()
+        grids[0] = torch.logspace(math.log10(0.3), math.log10(3.0), 13).tolist()
     for gi, grid in enumerate(grids):
         f_c, t_c = best[1], best[2]
         for sc in grid:
             f2, t2 = f_c * sc, t_c.clone()
-            for _ in range(3):  # the render is cut by the border too: settle the shift
+            for _ in range(3 if wide else 2):  # the render is cut by the border too
                 r = render(f2, t2).double()
                 a = float(r.sum())
                 if a < 1:
@@ -538,7 +552,7 @@ def _solve_frame(geom, faces: Tensor, adj: Tensor, mask: Tensor, tz: float, kp2d
                              pp.cpu())
         t = t.to(dev)
     elif cfg.init in ("auto", "mask"):
-        full = _full_level(mask.float())
+        full = _full_level(mask.float(), 128)
         f, t = _moment_init(verts_0, faces, full, f, t, tz_used)
         f, t, q = _search_init(verts_0, faces, full, f, t, tz_used)
         if q < cfg.wide_search_below:  # a poor start: search shifts too, on a small image
