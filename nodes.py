@@ -565,8 +565,9 @@ class BladeSolveCamera:
                                     progress=progress(max(1, b * int(iterations))))
         for message in fit.messages:
             log.warning("BLADE Solve Camera: %s", message)
+        bdev = body_model.faces.device
         with torch.no_grad():
-            verts = torch.cat([body_model(fit.params.index(i).to(device=dev)).vertices.cpu()
+            verts = torch.cat([body_model(fit.params.index(i).to(device=bdev)).vertices.cpu()
                                for i in range(b)])
         preview = lib("camera.preview").fit_preview(image.movedim(-1, 1).float(), verts,
                                                     body_model.faces.cpu(), fit.camera,
