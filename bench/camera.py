@@ -73,7 +73,8 @@ def rot(axis: str, a: float) -> np.ndarray:
 
 
 def render(verts: torch.Tensor, faces, f: float, t: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    fr = rasterize((verts.double() + t.double())[None], faces, torch.tensor([f], dtype=torch.float64),
+    fr = rasterize((verts.double() + t.double())[None], faces,
+                   torch.tensor([f], dtype=torch.float64),
                    torch.tensor([[w / 2, h / 2]], dtype=torch.float64), h, w)
     return fr.mask[0]
 
@@ -87,7 +88,8 @@ def noisy(mask: torch.Tensor, rng: np.random.Generator, std: float = 3.0, corr: 
     return torch.from_numpy(sd < field)
 
 
-def make_case(body, rng: np.random.Generator):
+def make_case(body, rng: np.random.Generator, fov_u: float | None = None):
+    """One random scene; ``fov_u`` in [0, 1) picks the FoV (stratified), else random."""
     while True:
         yaw, tilt = rng.uniform(-45, 45), rng.uniform(-10, 10)
         R = rot("y", math.radians(yaw)) @ rot("x", math.radians(tilt)) @ rot("x", math.pi)
@@ -102,7 +104,7 @@ def make_case(body, rng: np.random.Generator):
         wrong = params.replace(body_pose=params.body_pose + torch.tensor(
             rng.normal(0, 0.1, 63), dtype=torch.float32)[None])
         w, h = SIZES[rng.integers(len(SIZES))]
-        fov = rng.uniform(30, 110)
+        fov = 30 + 80 * (rng.uniform() if fov_u is None else fov_u)
         f = w / (2 * math.tan(math.radians(fov) / 2))
         z = math.exp(rng.uniform(math.log(0.3), math.log(5.0)))
         u, v = rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.3) * h
@@ -141,7 +143,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     body, body_name = load_body()
     rng = np.random.default_rng(args.seed)
-    cases = [make_case(body, rng) for _ in range(args.n)]
+    # FoV stratified over 30-110 degrees so that small runs cover the whole range
+    cases = [make_case(body, rng, (i + rng.uniform()) / args.n) for i in range(args.n)]
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} body={body_name} "
           f"n={args.n} iterations={args.iterations} load={os.getloadavg()[0]:.1f}")
     # warm-up (numba compile, caches)

@@ -5,8 +5,9 @@ covers, with gradients only where coverage changes, i.e. at the outline):
 
 - ``"cpu"``: an exact edge-based method (chosen by measurement, ../shared/docs/
   perf_anchors.md §1b and §4, where it was the fastest unbiased-enough option; a
-  SoftRas-style blur is biased and is NOT used). A hard z-buffer raster
-  (:func:`blade_nodes.render.rasterize`, no gradient) gives the covered pixels. For
+  SoftRas-style blur is biased and is NOT used). A hard z-buffer raster (the visibility
+  pass of :mod:`blade_nodes.render`'s CPU kernel, back faces culled, no gradient) gives
+  the covered pixels. For
   every horizontal or vertical pair of neighbouring pixels of which exactly one is
   covered, the segment between the two pixel centres is walked across the mesh, from
   the triangle seen at the covered pixel through adjacent front-facing triangles,

@@ -401,7 +401,8 @@ def _levels(mask: Tensor, cfg: SolveConfig) -> tuple[list[_Level], tuple[int, in
         k = max(k_fine, min(k, int(approx // cfg.min_level_size)))
         ks.append(k)
     x0, y0, wc, hc = _window(mask, ks)
-    levels = [_make_level(mask, x0, y0, wc, hc, k, sigma) for k, (_, sigma, _) in zip(ks, cfg.stages)]
+    levels = [_make_level(mask, x0, y0, wc, hc, k, sigma)
+              for k, (_, sigma, _) in zip(ks, cfg.stages)]
     return levels, (x0, y0)
 
 
@@ -480,7 +481,8 @@ def _search_init(verts: Tensor, faces: Tensor, lvl: _Level, f: float, t: Tensor,
     faces = faces.cpu()
 
     def render(fv, tv):
-        return lvl.render(verts + tv, faces, torch.tensor(fv, dtype=torch.float64), "cpu") & (v > 0.5)
+        fv = torch.tensor(fv, dtype=torch.float64)
+        return lvl.render(verts + tv, faces, fv, "cpu") & (v > 0.5)
 
     def iou(fv, tv):
         return float(mask_iou(render(fv, tv), gt))
@@ -675,10 +677,14 @@ def _tz_values(tz, b: int) -> Tensor:
     return val
 
 
+def _desc(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
 def _check_mask(mask) -> Tensor:
     if not isinstance(mask, Tensor) or mask.ndim not in (2, 3) or mask.numel() == 0:
         raise ValueError(f"mask: expected a [B, H, W] tensor (0..1), got "
-                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+                         f"{_desc(mask)}")
     mask = mask[None] if mask.ndim == 2 else mask
     if min(mask.shape[-2:]) < 8:
         raise ValueError(f"mask: expected at least 8x8 pixels, got {tuple(mask.shape[-2:])}")
@@ -691,7 +697,7 @@ def _check_keypoints(keypoints, b: int, k: int | None) -> Tensor | None:
     if not isinstance(keypoints, Tensor) or keypoints.ndim != 3 or keypoints.shape[-1] != 3 \
             or keypoints.shape[0] != b:
         raise ValueError(f"keypoints: expected a [{b}, K, 3] tensor (x, y pixels, confidence), "
-                         f"got {tuple(keypoints.shape) if isinstance(keypoints, Tensor) else type(keypoints).__name__}")
+                         f"got {_desc(keypoints)}")
     if k is not None and keypoints.shape[1] != k:
         raise ValueError(f"keypoints: expected K = {k} points (the 3D keypoints' count), got "
                          f"{keypoints.shape[1]}")
@@ -766,7 +772,7 @@ def solve_camera(verts: Tensor, faces: Tensor, mask: Tensor, tz, *,
     b = mask.shape[0]
     if not isinstance(verts, Tensor) or verts.ndim != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts: expected [B, V, 3] body-frame vertices, got "
-                         f"{tuple(verts.shape) if isinstance(verts, Tensor) else type(verts).__name__}")
+                         f"{_desc(verts)}")
     if verts.shape[0] not in (1, b):
         raise ValueError(f"verts: batch {verts.shape[0]} does not match the mask batch {b}; "
                          "give one body per mask (or one body for all)")
