@@ -88,9 +88,13 @@ def noisy(mask: torch.Tensor, rng: np.random.Generator, std: float = 3.0, corr: 
     return torch.from_numpy(sd < field)
 
 
-def make_case(body, rng: np.random.Generator, fov_u: float | None = None):
-    """One random scene; ``fov_u`` in [0, 1) picks the FoV (stratified), else random."""
-    while True:
+def make_case(body, rng: np.random.Generator, fov_u: float | None = None,
+              depth_u: float | None = None):
+    """One random scene; ``fov_u``, ``depth_u`` in [0, 1) pick the FoV and the pelvis depth
+    (for stratified sampling), else they are random."""
+    for attempt in range(1000):
+        if attempt == 20:  # this depth and FoV cannot frame a usable mask: draw both again
+            fov_u = depth_u = None
         yaw, tilt = rng.uniform(-45, 45), rng.uniform(-10, 10)
         R = rot("y", math.radians(yaw)) @ rot("x", math.radians(tilt)) @ rot("x", math.pi)
         params = SMPLXParams.zeros(1).replace(
@@ -106,7 +110,8 @@ def make_case(body, rng: np.random.Generator, fov_u: float | None = None):
         w, h = SIZES[rng.integers(len(SIZES))]
         fov = 30 + 80 * (rng.uniform() if fov_u is None else fov_u)
         f = w / (2 * math.tan(math.radians(fov) / 2))
-        z = math.exp(rng.uniform(math.log(0.3), math.log(5.0)))
+        du = rng.uniform() if depth_u is None else depth_u
+        z = math.exp(math.log(0.3) + du * (math.log(5.0) - math.log(0.3)))
         u, v = rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.3) * h
         p_cam = torch.tensor([u * z / f, v * z / f, z], dtype=torch.float64)
         t = p_cam - pelvis.double()
@@ -115,6 +120,7 @@ def make_case(body, rng: np.random.Generator, fov_u: float | None = None):
         if 0.003 < cover < 0.9:
             return dict(verts=verts, pelvis=pelvis, f=f, t=t, w=w, h=h, mask=m, z=z, fov=fov,
                         cover=cover, kp3d=kp3d, params=params, wrong=wrong)
+    raise RuntimeError("no usable scene in 1000 draws")
 
 
 def keypoints_2d(c, rng: np.random.Generator, noise_px: float = 2.0):
@@ -143,8 +149,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     body, body_name = load_body()
     rng = np.random.default_rng(args.seed)
-    # FoV stratified over 30-110 degrees so that small runs cover the whole range
-    cases = [make_case(body, rng, (i + rng.uniform()) / args.n) for i in range(args.n)]
+    # FoV and depth stratified (independently) so that small runs cover both ranges
+    perm = rng.permutation(args.n)
+    cases = [make_case(body, rng, (i + rng.uniform()) / args.n,
+                       (perm[i] + rng.uniform()) / args.n) for i in range(args.n)]
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} body={body_name} "
           f"n={args.n} iterations={args.iterations} load={os.getloadavg()[0]:.1f}")
     # warm-up (numba compile, caches)
