@@ -383,22 +383,8 @@ class BladeLoadPoseKeypoints:
         return p.stat().st_mtime_ns if p.is_file() else float("nan")
 
     def load(self, path):
-        import json
         p = lib("io").input_path(path, input_dir())
-        if not p.is_file():
-            raise ValueError(f"path: expected a POSE_KEYPOINT .json file, got {str(p)!r} (not "
-                             "found). Put it in ComfyUI's input folder or give an absolute path.")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p.name}: expected JSON, got a parse error: {e}") from None
-        frames = [data] if isinstance(data, dict) else data
-        if not isinstance(frames, list) or not frames or not all(
-                isinstance(f, dict) and ("people" in f or "animals" in f) for f in frames):
-            raise ValueError(f"{p.name}: expected a list of frames (or one frame) like "
-                             "{\"people\": [...], \"canvas_width\": W, \"canvas_height\": H}; "
-                             "got something else. Save keypoints from DWPose/OpenPose as JSON.")
-        return (frames,)
+        return (lib("pose.keypoints2d").load_pose_keypoint_file(p),)
 
 
 class BladeEstimatePose:

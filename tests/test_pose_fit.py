@@ -394,3 +394,23 @@ def test_limb_flips_keep_the_image_and_swap_depth(human_body):
     assert px(Xw, jw) < 15.0  # the rest of the limb follows (the fit refines it)
     torch.testing.assert_close(Xl[je], X[je], atol=1e-5, rtol=0)  # the twist keeps the elbow
     assert bend[0, axis] <= 0.05  # the left elbow still bends its own way
+
+
+def test_load_pose_keypoint_file(tmp_path):
+    import json
+    import nodes
+    frame = {"people": [{"pose_keypoints_2d": [10.0, 20.0, 1.0] * 18}],
+             "canvas_width": 64, "canvas_height": 64}
+    (tmp_path / "list.json").write_text(json.dumps([frame, frame]))
+    (tmp_path / "bare.json").write_text(json.dumps(frame))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "blade-smplx/1"}))
+    node = nodes.BladeLoadPoseKeypoints()
+    assert len(node.load(str(tmp_path / "list.json"))[0]) == 2
+    assert node.load(str(tmp_path / "bare.json"))[0] == [frame]
+    with pytest.raises(ValueError, match="parse error"):
+        node.load(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="expected a list of frames"):
+        node.load(str(tmp_path / "other.json"))
+    with pytest.raises(ValueError, match="not found"):
+        node.load(str(tmp_path / "missing.json"))

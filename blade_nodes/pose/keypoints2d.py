@@ -21,8 +21,10 @@ encoders write for missing points. Problems never raise: each frame gets a messa
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -329,3 +331,29 @@ def parse_pose_keypoints(pose_keypoint: Any, image_size: Sequence[int] | Tensor,
     return PoseKeypoints2D(body * keep, hands[0] * keep, hands[1] * keep, face * keep,
                            torch.tensor([[W, H]] * b, dtype=torch.int64), valid, tuple(problems),
                            tuple(notes), tuple(formats))
+
+
+def load_pose_keypoint_file(path: str | Path) -> list[dict]:
+    """Read a POSE_KEYPOINT ``.json`` file (saved by comfyui_controlnet_aux, an OpenPose
+    editor, or BLADE Render): a list with one dict per frame, or one bare dict.
+
+    Returns:
+        a list of frame dicts ``{"people": [...], "canvas_width": W, "canvas_height": H}``.
+    Raises:
+        ValueError: missing file, not JSON, or not POSE_KEYPOINT frames.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"path: expected a POSE_KEYPOINT .json file, got {str(p)!r} (not "
+                         "found). Put it in ComfyUI's input folder or give an absolute path.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p.name}: expected JSON, got a parse error: {e}") from None
+    frames = [data] if isinstance(data, dict) else data
+    if not isinstance(frames, list) or not frames or not all(
+            isinstance(f, dict) and ("people" in f or "animals" in f) for f in frames):
+        raise ValueError(f"{p.name}: expected a list of frames (or one frame) like "
+                         "{\"people\": [...], \"canvas_width\": W, \"canvas_height\": H}; "
+                         "got something else. Save keypoints from DWPose/OpenPose as JSON.")
+    return frames
