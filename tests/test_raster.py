@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blade_nodes.camera.convention import project_points
-from blade_nodes.render import Fragments, interpolate, rasterize
+from blade_nodes.render import Fragments, interpolate, rasterize, rasterize_face_ids
 from blade_nodes.render import _cpu, _nvdiffrast
 from blade_nodes.render.raster import resolve_backend
 
@@ -311,6 +311,34 @@ def test_deterministic_and_backends_agree():
     assert d64.depth.dtype == torch.float64 and torch.equal(d64.face_id, runs[0].face_id)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_face_ids_entry_point_equals_rasterize(backend):
+    """rasterize_face_ids == rasterize(...).face_id bit for bit: batch, culling, near
+    plane (faces straddling it), float32/float64 vertices, int32 faces."""
+    gen = torch.Generator().manual_seed(5)
+    verts, faces = uv_sphere(11, 17, 0.4)
+    vc = torch.stack([verts + torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64),
+                      verts * 1.3 + torch.tensor([0.2, -0.1, 0.45], dtype=torch.float64),
+                      verts + 0.02 * torch.randn(verts.shape, generator=gen, dtype=torch.float64)
+                      + torch.tensor([-0.1, 0.0, 1.5], dtype=torch.float64)])
+    f, pp = torch.tensor([60.0, 45.0, 70.0]), torch.tensor([[32.0, 24.0], [30.5, 20.0], [33.0, 26.0]])
+    for dt in (torch.float64, torch.float32):
+        for cull in (False, True):
+            for near in (1e-3, 0.3):
+                fr = rasterize(vc.to(dt), faces, f, pp, 48, 64, cull_backfaces=cull, near=near,
+                               backend=backend)
+                ids = rasterize_face_ids(vc.to(dt), faces.int(), f, pp, 48, 64,
+                                         cull_backfaces=cull, near=near, backend=backend)
+                assert ids.dtype == torch.int64 and ids.shape == (3, 48, 64)
+                assert torch.equal(ids, fr.face_id)
+                assert (fr.depth[ids < 0] == 0).all() and (fr.depth[ids >= 0] > 0).all()
+    # the near plane dropped faces of the second frame (it straddles z = 0.3)
+    assert not torch.equal(rasterize_face_ids(vc, faces, f, pp, 48, 64, near=0.3, backend=backend),
+                           rasterize_face_ids(vc, faces, f, pp, 48, 64, backend=backend))
+    with pytest.raises(ValueError, match=r"faces: expected vertex indices in \[0, "):
+        rasterize_face_ids(vc, faces - 1, f, pp, 48, 64, backend=backend)
+
+
 def test_fragments_frozen_and_errors():
     v, fc = quad(-0.5, -0.5, 0.5, 0.5, 2.0)
     f, pp = cam(1)
@@ -320,8 +348,11 @@ def test_fragments_frozen_and_errors():
         fr.depth = fr.depth  # frozen
     with pytest.raises(ValueError, match="verts_cam"):
         rasterize(v, fc, f, pp, 48, 64)
-    with pytest.raises(ValueError, match="faces"):
-        rasterize(v[None], fc + 10, f, pp, 48, 64)
+    for be in CPU_BACKENDS:  # numba checks the index range inside its kernel
+        with pytest.raises(ValueError, match=r"faces: expected vertex indices in \[0, 4\)"):
+            rasterize(v[None], fc + 10, f, pp, 48, 64, backend=be)
+        with pytest.raises(ValueError, match=r"got \[-1, 2\]"):
+            rasterize(v[None], fc - 1, f, pp, 48, 64, backend=be)
     with pytest.raises(ValueError, match="focal"):
         rasterize(v[None], fc, f.repeat(2), pp, 48, 64)
     with pytest.raises(ValueError, match="backend"):

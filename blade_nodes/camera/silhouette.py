@@ -249,26 +249,14 @@ def _face_ids(verts: Tensor, faces: Tensor, focal: Tensor, principal: Tensor, he
               width: int, cull: bool) -> Tensor:
     """[H, W] int64 visible face per pixel centre (-1 background), CPU, no gradient.
 
-    The rasterizer's visibility pass alone when its numba kernels are there (the
-    silhouette needs no depth or barycentrics: about 2x faster), else
-    :func:`blade_nodes.render.rasterize`. Same coverage rules either way.
+    :func:`blade_nodes.render.rasterize_face_ids`: the rasterizer without its depth and
+    barycentric pass (the silhouette needs neither: about 2x faster). verts: [V, 3]
+    camera space, metres; focal: scalar tensor, pixels; principal: [2] (cx, cy), pixels.
     """
-    from ..render import _cpu, rasterize
+    from ..render import rasterize_face_ids
 
-    if _cpu.HAVE_NUMBA and hasattr(_cpu, "_visibility") and hasattr(_cpu, "_prepare"):
-        v = np.ascontiguousarray(verts.numpy()[None], dtype=np.float64)
-        fn = np.ascontiguousarray(faces.numpy(), dtype=np.int64)
-        proj = np.empty(v.shape, np.float64)
-        keep = np.empty((1, fn.shape[0]), np.bool_)
-        _cpu._prepare(v, np.array([float(focal)]), principal.numpy().reshape(1, 2), fn, 1e-3,
-                      bool(cull), proj, keep)
-        vis = np.empty((height, width), np.int32)
-        zbuf = np.empty((height, width), getattr(_cpu, "_ZDTYPE", np.float32))
-        _cpu._visibility(proj[0], fn, keep[0], zbuf, vis)
-        return torch.from_numpy(vis.astype(np.int64))
-    frags = rasterize(verts[None], faces, focal.reshape(1), principal.reshape(1, 2), height,
-                      width, backend="cpu", cull_backfaces=cull)
-    return frags.face_id[0].cpu()
+    return rasterize_face_ids(verts[None], faces, focal.reshape(1), principal.reshape(1, 2),
+                              height, width, cull_backfaces=cull, backend="cpu")[0]
 
 
 @dataclass(frozen=True)

@@ -62,57 +62,28 @@ def _edge_setup(ax, ay, bx, by, ia, ib, s):
     return ox, oy, dx, dy, thr
 
 
-def _prepare(verts, focal, principal, faces, near, cull, proj, keep):
-    """Projection (u, v, 1/z) per vertex and the faces to draw, per frame.
+def _project_frame(verts, f, cx, cy, near, proj):
+    """(u px, v px, 1/z) per vertex of one frame, float64; 1/z is NaN below ``near``.
 
-    verts: [B, V, 3] float64 camera space; focal [B]; principal [B, 2].
-    proj: [B, V, 3] float64 output; keep: [B, F] bool output.
+    verts: [V, 3] camera space (float32 or float64, read as float64); proj: [V, 3] out.
     """
-    nb, nv = verts.shape[0], verts.shape[1]
-    nf = faces.shape[0]
-    for b in range(nb):
-        f = focal[b]
-        cx = principal[b, 0]
-        cy = principal[b, 1]
-        for n in range(nv):
-            z = verts[b, n, 2]
-            iz = 1.0 / z
-            proj[b, n, 0] = verts[b, n, 0] * iz * f + cx
-            proj[b, n, 1] = verts[b, n, 1] * iz * f + cy
-            proj[b, n, 2] = iz if z >= near else np.nan
-        for k in range(nf):
-            i0 = faces[k, 0]
-            i1 = faces[k, 1]
-            i2 = faces[k, 2]
-            x0 = proj[b, i0, 0]
-            y0 = proj[b, i0, 1]
-            x1 = proj[b, i1, 0]
-            y1 = proj[b, i1, 1]
-            x2 = proj[b, i2, 0]
-            y2 = proj[b, i2, 1]
-            area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-            ok = np.isfinite(area) and area != 0.0 and np.isfinite(
-                proj[b, i0, 2] + proj[b, i1, 2] + proj[b, i2, 2])
-            # back-facing <=> screen-space signed area (y down) > 0
-            keep[b, k] = ok and not (cull and area > 0.0)
+    for n in range(verts.shape[0]):
+        z = np.float64(verts[n, 2])
+        iz = 1.0 / z
+        proj[n, 0] = np.float64(verts[n, 0]) * iz * f + cx
+        proj[n, 1] = np.float64(verts[n, 1]) * iz * f + cy
+        proj[n, 2] = iz if z >= near else np.nan
 
 
-def _render_frames(proj, faces, keep, zbuf, vis, fid, depth, bary):
-    """Both passes for every frame.
-
-    proj: [B, V, 3] float64 (u px, v px, 1/z); keep: [B, F] bool (face drawn).
-    zbuf: [H, W] float scratch (1/z); vis: [H, W] int32 scratch (face id).
-    fid: [B, H, W] int64, depth: [B, H, W], bary: [B, H, W, 3] outputs.
-    """
-    for b in range(proj.shape[0]):
-        _visibility(proj[b], faces, keep[b], zbuf, vis)
-        _resolve(proj[b], faces, vis, fid[b], depth[b], bary[b])
-
-
-def _visibility(proj, faces, keep, zbuf, fid):
+def _visibility(proj, faces, cull, zbuf, fid):
     """Pass 1: id of the face with the largest 1/z at each pixel centre, or -1.
 
-    proj: [V, 3] float64; keep: [F] bool; zbuf: [H, W] scratch; fid: [H, W] int32 out.
+    A face is drawn when its screen area is finite and non-zero, its three 1/z
+    are finite (no vertex below the near plane) and, with ``cull``, it is
+    front-facing (screen-space signed area, y down, < 0).
+
+    proj: [V, 3] float64 (u, v, 1/z); faces: [F, 3] int64 (indices checked by
+    the caller); zbuf: [H, W] float32 scratch; fid: [H, W] int64 out.
     """
     height, width = fid.shape
     nf = faces.shape[0]
@@ -121,8 +92,6 @@ def _visibility(proj, faces, keep, zbuf, fid):
             zbuf[i, j] = 0.0
             fid[i, j] = -1
     for k in range(nf):
-        if not keep[k]:
-            continue
         i0 = faces[k, 0]
         i1 = faces[k, 1]
         i2 = faces[k, 2]
@@ -132,6 +101,12 @@ def _visibility(proj, faces, keep, zbuf, fid):
         y1 = proj[i1, 1]
         x2 = proj[i2, 0]
         y2 = proj[i2, 1]
+        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        # back-facing <=> screen-space signed area (y down) > 0
+        if cull and area > 0.0:
+            continue
+        if not (np.isfinite(area) and area != 0.0):
+            continue
         # pixel-centre bounding box (most small triangles contain no centre)
         lo_u = max(min(x0, x1, x2) - 0.5, 0.0)
         hi_u = min(max(x0, x1, x2) - 0.5, width - 1.0)
@@ -145,16 +120,20 @@ def _visibility(proj, faces, keep, zbuf, fid):
         imax = int(np.floor(hi_v))
         if imin > imax:
             continue
-        area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        pz0 = proj[i0, 2]
+        pz1 = proj[i1, 2]
+        pz2 = proj[i2, 2]
+        if not np.isfinite(pz0 + pz1 + pz2):  # a vertex below the near plane
+            continue
         s = 1.0 if area > 0.0 else -1.0
         # edge opposite vertex 0 is (1, 2), opposite 1 is (2, 0), opposite 2 is (0, 1)
         ox0, oy0, dx0, dy0, t0 = _edge_setup(x1, y1, x2, y2, i1, i2, s)
         ox1, oy1, dx1, dy1, t1 = _edge_setup(x2, y2, x0, y0, i2, i0, s)
         ox2, oy2, dx2, dy2, t2 = _edge_setup(x0, y0, x1, y1, i0, i1, s)
         inv_area = 1.0 / abs(area)
-        iz0 = proj[i0, 2] * inv_area
-        iz1 = proj[i1, 2] * inv_area
-        iz2 = proj[i2, 2] * inv_area
+        iz0 = pz0 * inv_area
+        iz1 = pz1 * inv_area
+        iz2 = pz2 * inv_area
         for i in range(imin, imax + 1):
             py = i + 0.5
             r0 = dx0 * (py - oy0)
@@ -174,18 +153,17 @@ def _visibility(proj, faces, keep, zbuf, fid):
                         fid[i, j] = k
 
 
-def _resolve(proj, faces, vis, fid, depth, bary):
-    """Pass 2: face id, depth and perspective-correct barycentrics of the winner.
+def _resolve(proj, faces, fid, depth, bary):
+    """Pass 2: depth and perspective-correct barycentrics of the winning face.
 
-    proj: [V, 3] float64; vis: [H, W] int32 from pass 1; fid, depth: [H, W] and
-    bary: [H, W, 3] outputs (background: -1, 0, 0).
+    proj: [V, 3] float64; fid: [H, W] int64 from pass 1; depth: [H, W] and
+    bary: [H, W, 3] outputs (background: 0).
     """
-    height, width = vis.shape
+    height, width = fid.shape
     for i in range(height):
         py = i + 0.5
         for j in range(width):
-            k = vis[i, j]
-            fid[i, j] = k
+            k = fid[i, j]
             if k < 0:
                 depth[i, j] = 0.0
                 bary[i, j, 0] = 0.0
@@ -216,13 +194,45 @@ def _resolve(proj, faces, vis, fid, depth, bary):
             bary[i, j, 2] = q2 / q
 
 
+def _faces_ok(faces, nv):
+    """True when every index of ``faces`` [F, 3] lies in [0, nv)."""
+    ok = True
+    for k in range(faces.shape[0]):
+        for c in range(3):
+            x = faces[k, c]
+            ok &= (x >= 0) & (x < nv)
+    return ok
+
+
+def _frames(verts, focal, principal, faces, near, cull, proj, zbuf, fid, depth, bary):
+    """Every frame, start to end: projection, visibility and (when ``depth`` has
+    frames) the resolve pass. One compiled call per render.
+
+    verts: [B, V, 3] camera space; focal: [B], principal: [B, 2] float64;
+    faces: [F, 3] int64; proj: [V, 3] float64 scratch; zbuf: [H, W] scratch;
+    fid: [B, H, W] int64 out; depth: [B, H, W] and bary: [B, H, W, 3] out, or
+    0-frame arrays for a face-id-only render.
+    Returns False (and draws nothing) when a face index is out of range.
+    """
+    if not _faces_ok(faces, verts.shape[1]):
+        return False
+    with_bary = depth.shape[0] > 0
+    for b in range(verts.shape[0]):
+        _project_frame(verts[b], focal[b], principal[b, 0], principal[b, 1], near, proj)
+        _visibility(proj, faces, cull, zbuf, fid[b])
+        if with_bary:
+            _resolve(proj, faces, fid[b], depth[b], bary[b])
+    return True
+
+
 if HAVE_NUMBA:
     _jit = _numba.njit(cache=NUMBA_CACHE, nogil=True, fastmath=False, error_model="numpy")
     _edge_setup = _numba.njit(cache=NUMBA_CACHE, inline="always")(_edge_setup)
+    _project_frame = _jit(_project_frame)
     _visibility = _jit(_visibility)
     _resolve = _jit(_resolve)
-    _prepare = _jit(_prepare)
-    _render_frames = _jit(_render_frames)
+    _faces_ok = _jit(_faces_ok)
+    _frames = _jit(_frames)
 
 
 def _project(verts: Tensor, focal: Tensor, principal: Tensor, faces: Tensor, near: float,
@@ -255,37 +265,64 @@ def _project(verts: Tensor, focal: Tensor, principal: Tensor, faces: Tensor, nea
 _SCRATCH = threading.local()
 
 
-def _scratch(height: int, width: int):
-    """This thread's reused z-buffer and visibility scratch ([H, W] views).
+def _scratch(height: int, width: int, nverts: int):
+    """This thread's reused z-buffer ([H, W] float32) and projection ([V, 3] float64).
 
-    Kept between calls (12 B per pixel of the largest image so far) so that a
-    steady-state render does not page-fault fresh memory for them.
+    Kept between calls (4 B per pixel of the largest image so far, 24 B per
+    vertex of the largest mesh) so that a steady-state render neither
+    allocates nor page-faults fresh memory for them.
     """
     n = height * width
     if getattr(_SCRATCH, "n", 0) < n:
         _SCRATCH.z = np.empty(n, _ZDTYPE)
-        _SCRATCH.v = np.empty(n, np.int32)
         _SCRATCH.n = n
-    return _SCRATCH.z[:n].reshape(height, width), _SCRATCH.v[:n].reshape(height, width)
+    if getattr(_SCRATCH, "nv", 0) < nverts:
+        _SCRATCH.p = np.empty((nverts, 3), np.float64)
+        _SCRATCH.nv = nverts
+    return _SCRATCH.z[:n].reshape(height, width), _SCRATCH.p[:nverts]
 
 
-def raster_numba(verts, faces, focal, principal, height, width, cull, near):
-    """Fragments tensors (face_id int64, depth, bary) from the numba kernels."""
-    v = np.ascontiguousarray(verts.detach().cpu().numpy(), dtype=np.float64)
-    f = np.ascontiguousarray(focal.detach().cpu().numpy(), dtype=np.float64)
-    pp = np.ascontiguousarray(principal.detach().cpu().numpy(), dtype=np.float64)
-    faces_np = np.ascontiguousarray(faces.detach().cpu().numpy(), dtype=np.int64)
+_EMPTY = np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0, 3), np.float32)
+
+
+def raster_numba(verts: Tensor, faces: Tensor, focal: Tensor, principal: Tensor, height: int,
+                 width: int, cull: bool, near: float, with_bary: bool = True):
+    """Fragments tensors from the numba kernels, all on the CPU.
+
+    Args:
+        verts: [B, V, 3] float camera space; faces: [F, 3] integer (indices not
+            yet checked); focal: [B]; principal: [B, 2].
+    Returns:
+        (face_id [B, H, W] int64, depth [B, H, W], bary [B, H, W, 3]) with depth
+        and bary float64 for float64 vertices, else float32; with ``with_bary``
+        False only face_id. None when a face index is outside [0, V).
+    """
+    v = verts.detach()
+    if v.dtype not in (torch.float32, torch.float64):
+        v = v.to(torch.float64)  # exact for float16 / bfloat16
+    v = v.numpy()
+    if not v.flags.c_contiguous:
+        v = np.ascontiguousarray(v)
+    f = focal.detach().to(torch.float64).numpy()
+    pp = principal.detach().to(torch.float64).contiguous().numpy()
+    fc = faces.detach()
+    if fc.dtype != torch.int64:
+        fc = fc.to(torch.int64)
+    fc = fc.numpy()
+    if not fc.flags.c_contiguous:
+        fc = np.ascontiguousarray(fc)
     b = v.shape[0]
-    proj = np.empty(v.shape, np.float64)
-    keep = np.empty((b, faces_np.shape[0]), np.bool_)
-    _prepare(v, f, pp, faces_np, near, cull, proj, keep)
-    fid = np.empty((b, height, width), np.int64)
-    out_dtype = np.float64 if verts.dtype == torch.float64 else np.float32
-    depth = np.empty((b, height, width), out_dtype)
-    bary = np.empty((b, height, width, 3), out_dtype)
-    zbuf, vis = _scratch(height, width)
-    _render_frames(proj, faces_np, keep, zbuf, vis, fid, depth, bary)
-    return torch.from_numpy(fid), torch.from_numpy(depth), torch.from_numpy(bary)
+    fid = torch.empty((b, height, width), dtype=torch.int64)
+    zbuf, proj = _scratch(height, width, v.shape[1])
+    if with_bary:
+        dt = torch.float64 if verts.dtype == torch.float64 else torch.float32
+        depth = torch.empty((b, height, width), dtype=dt)
+        bary = torch.empty((b, height, width, 3), dtype=dt)
+        ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid.numpy(), depth.numpy(),
+                     bary.numpy())
+        return (fid, depth, bary) if ok else None
+    ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid.numpy(), *_EMPTY)
+    return fid if ok else None
 
 
 # ---------------------------------------------------------------------------
