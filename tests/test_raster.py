@@ -337,6 +337,13 @@ def test_face_ids_entry_point_equals_rasterize(backend):
                            rasterize_face_ids(vc, faces, f, pp, 48, 64, backend=backend))
     with pytest.raises(ValueError, match=r"faces: expected vertex indices in \[0, "):
         rasterize_face_ids(vc, faces - 1, f, pp, 48, 64, backend=backend)
+    # no gradient, and results held across calls stay intact
+    vg = vc.clone().requires_grad_(True)
+    fr = rasterize(vg, faces, f, pp, 48, 64, backend=backend)
+    keep = [fr.face_id.clone(), fr.depth.clone(), fr.bary.clone()]
+    assert not (fr.depth.requires_grad or fr.bary.requires_grad)
+    rasterize(vg * 1.1, faces, f, pp, 48, 64, backend=backend)
+    assert all(torch.equal(a, b) for a, b in zip(keep, (fr.face_id, fr.depth, fr.bary)))
 
 
 def test_fragments_frozen_and_errors():

@@ -51,14 +51,14 @@ def _edge_setup(ax, ay, bx, by, ia, ib, s):
     horizontal), the smallest positive float otherwise, so of two neighbours
     exactly one owns a centre that lies exactly on their shared edge.
     """
-    if ia < ib:
-        ox, oy, dx, dy = ax, ay, (bx - ax) * s, (by - ay) * s
-    else:
-        ox, oy, dx, dy = bx, by, (bx - ax) * s, (by - ay) * s
-        # (ax - bx) * (-s) == (bx - ax) * s exactly: the negations cancel
-    gx = -dy  # gradient of w along u
-    gy = dx
-    thr = 0.0 if (gx > 0.0 or (gx == 0.0 and gy > 0.0)) else _TINY
+    # selects, not branches (the index order is random across a mesh)
+    swap = ia > ib
+    ox = bx if swap else ax
+    oy = by if swap else ay
+    dx = (bx - ax) * s  # from b: (ax - bx) * (-s) == (bx - ax) * s exactly
+    dy = (by - ay) * s
+    # gradient of w: (-dy) along u, dx along v
+    thr = 0.0 if (-dy > 0.0 or (dy == 0.0 and dx > 0.0)) else _TINY
     return ox, oy, dx, dy, thr
 
 
@@ -144,7 +144,8 @@ def _visibility(proj, faces, cull, zbuf, fid):
                 w0 = r0 - dy0 * (px - ox0)
                 w1 = r1 - dy1 * (px - ox1)
                 w2 = r2 - dy2 * (px - ox2)
-                if w0 >= t0 and w1 >= t1 and w2 >= t2:
+                # one branch, not three (& does not short-circuit)
+                if (w0 >= t0) & (w1 >= t1) & (w2 >= t2):
                     # depth test on 1/z rounded to the z-buffer's dtype (float32):
                     # equal values keep the earlier (lower) face id
                     iz = _ZCAST(w0 * iz0 + w1 * iz1 + w2 * iz2)
@@ -195,13 +196,17 @@ def _resolve(proj, faces, fid, depth, bary):
 
 
 def _faces_ok(faces, nv):
-    """True when every index of ``faces`` [F, 3] lies in [0, nv)."""
-    ok = True
-    for k in range(faces.shape[0]):
-        for c in range(3):
-            x = faces[k, c]
-            ok &= (x >= 0) & (x < nv)
-    return ok
+    """True when every index of ``faces`` [F, 3] (C-contiguous) lies in [0, nv)."""
+    flat = faces.reshape(-1)
+    if flat.shape[0] == 0:
+        return True
+    lo = flat[0]
+    hi = lo
+    for k in range(flat.shape[0]):  # min / max: vectorised by LLVM, no early exit
+        x = flat[k]
+        lo = min(lo, x)
+        hi = max(hi, x)
+    return lo >= 0 and hi < nv
 
 
 def _frames(verts, focal, principal, faces, near, cull, proj, zbuf, fid, depth, bary):
@@ -285,6 +290,32 @@ def _scratch(height: int, width: int, nverts: int):
 _EMPTY = np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0, 3), np.float32)
 
 
+def _outputs(b: int, height: int, width: int, dtype) -> tuple:
+    """face_id [B, H, W] int64, depth [B, H, W] and bary [B, H, W, 3] ``dtype``: views
+    of ONE fresh block.
+
+    One block, not three: glibc lets freed heap memory stay mapped up to twice the
+    largest block freed so far, so a steady-state loop of renders reuses one block
+    without page faults, while three separate ones (largest: bary) exceed that bound
+    and are returned to the OS and faulted in again at every call (measured: +60 %
+    at 512² and 1024², bench/render.py). The tensors share the block's lifetime.
+    """
+    n = b * height * width
+    ds = np.dtype(dtype).itemsize
+    buf = np.empty(n * (8 + 4 * ds), np.uint8)
+    fid = buf[:8 * n].view(np.int64).reshape(b, height, width)
+    depth = buf[8 * n:(8 + ds) * n].view(dtype).reshape(b, height, width)
+    bary = buf[(8 + ds) * n:].view(dtype).reshape(b, height, width, 3)
+    return fid, depth, bary
+
+
+def _f64(t: Tensor) -> np.ndarray:
+    """A small CPU tensor as a C-contiguous float64 array (exact conversion)."""
+    if t.dtype in (torch.float32, torch.float64):
+        return np.ascontiguousarray(t.detach().numpy(), dtype=np.float64)
+    return t.detach().to(torch.float64).contiguous().numpy()
+
+
 def raster_numba(verts: Tensor, faces: Tensor, focal: Tensor, principal: Tensor, height: int,
                  width: int, cull: bool, near: float, with_bary: bool = True):
     """Fragments tensors from the numba kernels, all on the CPU.
@@ -303,8 +334,8 @@ def raster_numba(verts: Tensor, faces: Tensor, focal: Tensor, principal: Tensor,
     v = v.numpy()
     if not v.flags.c_contiguous:
         v = np.ascontiguousarray(v)
-    f = focal.detach().to(torch.float64).numpy()
-    pp = principal.detach().to(torch.float64).contiguous().numpy()
+    f = _f64(focal)
+    pp = _f64(principal)
     fc = faces.detach()
     if fc.dtype != torch.int64:
         fc = fc.to(torch.int64)
@@ -312,16 +343,16 @@ def raster_numba(verts: Tensor, faces: Tensor, focal: Tensor, principal: Tensor,
     if not fc.flags.c_contiguous:
         fc = np.ascontiguousarray(fc)
     b = v.shape[0]
-    fid = torch.empty((b, height, width), dtype=torch.int64)
     zbuf, proj = _scratch(height, width, v.shape[1])
     if with_bary:
-        dt = torch.float64 if verts.dtype == torch.float64 else torch.float32
-        depth = torch.empty((b, height, width), dtype=dt)
-        bary = torch.empty((b, height, width, 3), dtype=dt)
-        ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid.numpy(), depth.numpy(),
-                     bary.numpy())
-        return (fid, depth, bary) if ok else None
-    ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid.numpy(), *_EMPTY)
+        fid, depth, bary = _outputs(b, height, width,
+                                    np.float64 if verts.dtype == torch.float64 else np.float32)
+        ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid, depth, bary)
+        return (torch.from_numpy(fid), torch.from_numpy(depth), torch.from_numpy(bary)) \
+            if ok else None
+    fid = np.empty((b, height, width), np.int64)
+    ok = _frames(v, f, pp, fc, near, cull, proj, zbuf, fid, *_EMPTY)
+    fid = torch.from_numpy(fid)
     return fid if ok else None
 
 

@@ -138,7 +138,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-@torch.no_grad()
 def rasterize(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tensor,
               height: int, width: int, *, cull_backfaces: bool = False, near: float = 1e-3,
               backend: str = "auto") -> Fragments:
@@ -170,7 +169,6 @@ def rasterize(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tensor
     return Fragments(*out)
 
 
-@torch.no_grad()
 def rasterize_face_ids(verts_cam: Tensor, faces: Tensor, focal: Tensor, principal: Tensor,
                        height: int, width: int, *, cull_backfaces: bool = False,
                        near: float = 1e-3, backend: str = "auto") -> Tensor:
@@ -207,26 +205,31 @@ def _raster(verts_cam, faces, focal, principal, height, width, cull_backfaces, n
         # the face index range is checked inside the kernel (one pass, no torch reductions)
         out = _cpu.raster_numba(verts_cam.cpu(), faces.cpu(), focal.cpu(), principal.cpu(),
                                 height, width, bool(cull_backfaces), float(near), with_bary)
-        if out is None:
+        if out is None:  # an index out of range: raise the error with its numbers
             _check_face_range(faces, verts_cam.shape[1])
-            raise AssertionError("numba rasterizer refused in-range faces")  # pragma: no cover
+            raise RuntimeError("numba rasterizer refused faces in range")  # pragma: no cover
     else:
-        _check_face_range(faces, verts_cam.shape[1])
-        faces = faces.to(device=dev, dtype=torch.int64)
-        focal = focal.to(dev)
-        principal = principal.to(dev)
-        if name == "nvdiffrast":
-            from . import _nvdiffrast
-            out = _nvdiffrast.raster(verts_cam, faces, focal, principal, height, width,
-                                     bool(cull_backfaces), float(near))
-        else:
-            out = _cpu.raster_torch(verts_cam.cpu(), faces.cpu(), focal.cpu(), principal.cpu(),
-                                    height, width, bool(cull_backfaces), float(near))
+        with torch.no_grad():
+            out = _raster_torch(verts_cam, faces, focal, principal, height, width,
+                                cull_backfaces, near, name)
         if not with_bary:
             out = out[0]
     if dev.type == "cpu":
         return out
     return tuple(t.to(dev) for t in out) if with_bary else out.to(dev)
+
+
+def _raster_torch(verts_cam, faces, focal, principal, height, width, cull_backfaces, near, name):
+    """(face_id, depth, bary) from the torch or nvdiffrast back-end, on their devices."""
+    dev = verts_cam.device
+    _check_face_range(faces, verts_cam.shape[1])
+    faces = faces.to(device=dev, dtype=torch.int64)
+    if name == "nvdiffrast":
+        from . import _nvdiffrast
+        return _nvdiffrast.raster(verts_cam, faces, focal.to(dev), principal.to(dev), height,
+                                  width, bool(cull_backfaces), float(near))
+    return _cpu.raster_torch(verts_cam.cpu(), faces.cpu(), focal.cpu(), principal.cpu(),
+                             height, width, bool(cull_backfaces), float(near))
 
 
 def interpolate(attr: Tensor, faces: Tensor, frags: Fragments) -> Tensor:
