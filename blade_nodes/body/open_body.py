@@ -120,7 +120,7 @@ import numpy as np
 
 from ..io.paths import cache_root
 
-FORMAT_VERSION = 3  # bump whenever the file's content changes (it is part of the cache path)
+FORMAT_VERSION = 4  # bump whenever the file's content changes (it is part of the cache path)
 FILE_NAME = "BLADE_OPEN_BODY.npz"
 BODY_KIND = "open-body-anny"
 
@@ -318,6 +318,15 @@ def _fit_regressor(rest_v, v_dirs, rest_j, j_dirs, weights, parents, ridge=1e-8)
     return reg
 
 
+def _flush_tiny(a: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Float values below ``eps`` in magnitude become exactly 0: Anny's first run (an empty
+    Anny cache) and later runs differ by ~1e-17 in such values, which would change the
+    file's bytes."""
+    if a.dtype.kind != "f":
+        return a
+    return np.where(np.abs(a) < eps, np.zeros((), a.dtype), a)
+
+
 def _deterministic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an ``.npz`` (deflate) whose bytes depend only on ``arrays`` (fixed zip times),
     atomically: a temporary file in the same folder, then ``os.replace``."""
@@ -328,7 +337,8 @@ def _deterministic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for key in sorted(arrays):
                 buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asarray(arrays[key]), allow_pickle=False)
+                np.lib.format.write_array(buf, _flush_tiny(np.asarray(arrays[key])),
+                                          allow_pickle=False)
                 info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
