@@ -6,12 +6,14 @@ size of SMPL-X (10,498 vertices / 20,992 faces), 3 m from the camera.
 Framings as in perf_anchors §1: "full" (height fills 95 % of the image, ~14 %
 coverage) and "close" (height 200 % of the image, upper body, ~35 % coverage).
 
-Timed calls are interleaved (one of each method per round). Timed per back-end: the whole public call ``rasterize(verts_cam, ...)``
-(projection, buffers, conversion to torch). Timed for the reference: its two
-kernels only, on pre-projected vertices, with preallocated outputs (24 B/px),
-as in perf_anchors §1. Reported: min / median ms, ratio of the mins to the
-reference, and the transient peak RSS of one steady-state call (VmHWM after the
-timed calls minus RSS before them, VmHWM reset after warm-up; Linux only).
+Timed calls are interleaved (one of each method per round). Timed per back-end: the
+whole public call ``rasterize(verts_cam, ...)`` (input checks, projection, buffers,
+conversion to torch); with numba also ``rasterize_face_ids`` (no depth /
+barycentrics). Timed for the reference: its two kernels only, on pre-projected
+vertices, with preallocated outputs (24 B/px), as in perf_anchors §1. Reported:
+min / median ms, ratio of the mins to the reference, and the transient peak RSS
+of one steady-state call (VmHWM after the timed calls minus RSS before them,
+VmHWM reset after warm-up; Linux only).
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python bench/render.py [--framing full|close]
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numba  # noqa: E402  (the reference needs it; it is also the CPU back-end)
 
-from blade_nodes.render import rasterize  # noqa: E402
+from blade_nodes.render import rasterize, rasterize_face_ids  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -258,14 +260,19 @@ def main() -> None:
                 return out
             fns[be] = call
             reps[be] = args.reps if not (be == "torch" and size >= 1024) else max(3, args.reps // 3)
+        if "numba" in backends:  # the face-id-only entry point (silhouettes)
+            a = (vc, faces, f, pp, size, size)
+            fns["numba face_id only"] = lambda a=a: rasterize_face_ids(*a, backend="numba")
+            reps["numba face_id only"] = args.reps
         res = timeit_interleaved(fns, reps)
         fns["ref"]()
         cover = float((fid >= 0).mean())
         ref_fid = torch.from_numpy(fid.astype(np.int64))
         rows.append((size, "numba reference (1 thread)", *res["ref"], 1.0, cover))
-        for be in backends:
+        for be in [k for k in fns if k != "ref"]:
             fr = fns[be]()
-            agree = float((fr.face_id[0].cpu() == ref_fid).float().mean())
+            ids = fr if isinstance(fr, torch.Tensor) else fr.face_id
+            agree = float((ids[0].cpu() == ref_fid).float().mean())
             rows.append((size, f"blade_nodes {be}", *res[be], res[be][0] / res["ref"][0], agree))
     print()
     print("| size | method | ms min | ms median | x ref (min) | transient peak MiB | "

@@ -2,11 +2,13 @@
 
 Two implementations of the same rules (see ``raster.py`` for the rules):
 
-- ``raster_numba``: a compiled single-thread z-buffer (numba). A loop over
-  triangles with exact per-pixel edge functions and a 1/z depth test, then a
-  per-pixel resolve pass that computes depth and perspective-correct
-  barycentrics from the winning face (a visibility buffer). Chosen by
-  measurement: ``bench/render.py``.
+- ``raster_numba``: a compiled single-thread z-buffer (numba), one compiled
+  call per render (``_frames``): projection, a loop over triangles with exact
+  per-pixel edge functions and a 1/z depth test (face culling and the near
+  plane decided in the same loop), then a per-pixel resolve pass that computes
+  depth and perspective-correct barycentrics from the winning face (a
+  visibility buffer; skipped for :func:`~blade_nodes.render.rasterize_face_ids`).
+  Chosen by measurement: ``bench/render.py``.
 - ``raster_torch``: a vectorised torch fallback used only when numba is not
   installed (20-80x slower than numba; see ``bench/render.py``).
 
