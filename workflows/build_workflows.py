@@ -494,6 +494,15 @@ def _previews(g: Graph, render: Node, prefix: str, column: int = 6) -> None:
           column=column + 1)
 
 
+def _sample_photo(g: Graph):
+    """The sample RGBA photo, its person mask (inverted alpha) and its keypoint file."""
+    img = g.add("LoadImage", title="Photo (alpha = person mask)", image=SAMPLE_PNG,
+                size=(300, 400), column=0)
+    mask = g.add("InvertMask", title="Person mask", mask=img["MASK"], column=1)
+    kps = g.add("BladeLoadPoseKeypoints", path=SAMPLE_KEYPOINTS, column=1)
+    return img, mask, kps
+
+
 def photo_to_renders(keypoints_node: bool = True) -> Graph:
     g = Graph("blade_photo_to_renders",
               "(a) One photo with an alpha person mask + POSE_KEYPOINT file -> Tz, SMPL-X pose, "
@@ -504,10 +513,7 @@ def photo_to_renders(keypoints_node: bool = True) -> Graph:
            "the pack loads. For a learned Tz, add *BLADE Load DepthNet* (models/blade/"
            "epoch_2.pth or a Depth Anything V2 metric folder) and connect it to *Estimate Tz* "
            "with method `auto`.", column=0)
-    img = g.add("LoadImage", title="Photo (alpha = person mask)", image=SAMPLE_PNG,
-                size=(300, 400), column=0)
-    mask = g.add("InvertMask", title="Person mask", mask=img["MASK"], column=1)
-    kps = g.add("BladeLoadPoseKeypoints", path=SAMPLE_KEYPOINTS, column=1)
+    img, mask, kps = _sample_photo(g)
     body, pose, cam, render = _pipeline(g, img["IMAGE"], mask["MASK"], kps["pose_keypoint"])
     _previews(g, render, "blade/photo")
     mesh = g.add("BladeSaveMesh", smplx=cam["smplx"], body_model=body["body_model"],
@@ -527,10 +533,7 @@ def renders_to_controlnet() -> Graph:
            "in `models/checkpoints`, ControlNets in `models/controlnet` (SD1.5: "
            "huggingface.co/lllyasviel/ControlNet-v1-1, the `.pth` files). Pick yours in the "
            "two loaders.", column=0)
-    img = g.add("LoadImage", title="Photo (alpha = person mask)", image=SAMPLE_PNG,
-                size=(300, 400), column=0)
-    mask = g.add("InvertMask", title="Person mask", mask=img["MASK"], column=1)
-    kps = g.add("BladeLoadPoseKeypoints", path=SAMPLE_KEYPOINTS, column=1)
+    img, mask, kps = _sample_photo(g)
     body, pose, cam, render = _pipeline(g, img["IMAGE"], mask["MASK"], kps["pose_keypoint"])
     g.add("PreviewImage", title="Preview depth", images=render["depth"], size=(300, 330),
           column=6)
