@@ -392,7 +392,9 @@ class BladeEstimatePose:
     DESCRIPTION = ("SMPL-X body (shape, pose, hands) per image with the pelvis at the depth Tz. "
                    "From 2D keypoints (DWPose/OpenPose POSE_KEYPOINT) by fitting, no weights "
                    "needed; or from the BLADE PoseNet, refined on the keypoints when both are "
-                   "connected. Frames without a usable person come out neutral, flagged invalid.")
+                   "connected (the PoseNet sees the photo letterboxed, centred on black, into its "
+                   "official 400x400 input; nothing is cropped). Frames without a usable person "
+                   "come out neutral, flagged invalid.")
     RETURN_TYPES = ("BLADE_SMPLX", "BLADE_CAMERA", "STRING")
     RETURN_NAMES = ("smplx", "camera", "report")
     OUTPUT_TOOLTIPS = ("SMPL-X parameters per image (valid = False for frames that could not "
