@@ -305,3 +305,13 @@ def test_fast_face_ids_match_the_rasterizer():
     fast = _face_ids(vc, f, fo, pp, 180, 192, True)
     ref = rasterize(vc[None], f, fo[None], pp[None], 180, 192, cull_backfaces=True).face_id[0]
     assert torch.equal(fast, ref)
+
+
+def test_solves_inside_no_grad(scene):
+    """The solver optimises whatever the caller's grad mode (a notebook's no_grad)."""
+    v, f, cams, masks = scene
+    tz = torch.tensor([t[2] for _, t in cams])
+    with torch.no_grad():
+        fit = solve_camera(v[None].float(), f, masks[:1], tz[:1], cfg=FAST)
+    fo, _ = cams[0]
+    assert abs(float(fit.camera.focal[0]) / fo - 1) < 0.01

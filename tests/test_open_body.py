@@ -254,3 +254,13 @@ def test_face_landmarks_are_laid_out_like_ibug(body):
     assert x(48) < x(51) < x(54)
     head_z = float(j[IX["head"], 2])
     assert float(lm[:, 2].min()) > head_z + 0.03, "landmarks lie on the front of the face"
+
+
+@pytest.mark.skipif(not HAVE_ANNY, reason="building needs anny")
+def test_build_leaves_grad_mode_alone(tmp_path):
+    """The demo and the nodes build on first use, then fit with gradients in-process."""
+    import torch
+    from blade_nodes.body.open_body import build_open_body
+    assert torch.is_grad_enabled()
+    build_open_body(tmp_path / "ob.npz")
+    assert torch.is_grad_enabled()

@@ -414,3 +414,17 @@ def test_load_pose_keypoint_file(tmp_path):
         node.load(str(tmp_path / "other.json"))
     with pytest.raises(ValueError, match="not found"):
         node.load(str(tmp_path / "missing.json"))
+
+
+def test_fit_runs_inside_no_grad(synthetic_body):
+    """Library stages that optimise must not depend on the caller's grad mode."""
+    from blade_nodes.pose.keypoints2d import PoseKeypoints2D
+    body = torch.zeros(1, 25, 3)
+    body[0, :, 0] = torch.linspace(20, 44, 25)
+    body[0, :, 1] = torch.linspace(10, 54, 25)
+    body[0, :, 2] = 1.0
+    kp = PoseKeypoints2D.from_tensors(body, image_size=(64, 64))
+    with torch.no_grad():
+        fit = fit_smplx_to_keypoints(synthetic_body, kp, torch.tensor([3.0]),
+                                     cfg=FitConfig(iterations=4, starts=1))
+    assert fit.params.batch_size == 1

