@@ -19,11 +19,12 @@ Targets (issue): 2 px noise: median PA-MPJPE <= 40 mm; <= 1.5 s per image on CPU
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python bench/pose_fit.py [--n 32] [--iterations 200]
-        [--starts 2] [--body FILE] [--threads 1]
+        [--starts 2] [--body FILE] [--threads 1] [--only NAME] [--set truncation_weight=0]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -214,6 +215,9 @@ def main() -> None:
     ap.add_argument("--body", default=None, help="body-model file (default: the open body)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="run only conditions whose name has this")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a numeric FitConfig field in every row, e.g. "
+                         "--set truncation_weight=0.1 (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.body:
@@ -271,6 +275,10 @@ def main() -> None:
         if args.only and args.only not in name:
             continue
         kw = {"seed": 100 + i, **kw}  # rows with seed=100 see the first row's scenes
+        if args.set:
+            kw["cfg"] = dataclasses.replace(kw["cfg"], **{
+                k: type(getattr(kw["cfg"], k))(float(v))
+                for k, v in (item.split("=", 1) for item in args.set)})
         r = run_condition(bm, name, args.n, **kw)
         tz_in = f"{statistics.median(r['tz_in_err']):6.1f}" if r["refine"] else f"{'-':>6}"
         tz_out = f"{statistics.median(r['tz_err']):7.1f}" if r["refine"] else f"{'-':>7}"

@@ -428,3 +428,68 @@ def test_fit_runs_inside_no_grad(synthetic_body):
         fit = fit_smplx_to_keypoints(synthetic_body, kp, torch.tensor([3.0]),
                                      cfg=FitConfig(iterations=4, starts=1))
     assert fit.params.batch_size == 1
+
+
+def _cut_arm_scene(body):
+    """One frame, the left arm raised and cut off by the image's top border (the picture is
+    cropped 25 px above the left shoulder): shoulder visible, elbow and wrist missing.
+    Returns keypoints, tz, image size (W, H), principal point, true elbow / wrist y."""
+    pose = torch.zeros(1, 21, 3)
+    pose[:, 0, 2] = 0.3                      # left leg out to the side (stays in view)
+    pose[:, 15, 2] = 1.3                     # left arm raised
+    gt = SMPLXParams.zeros(1).replace(body_pose=pose.reshape(1, 63),
+                                      global_orient=torch.tensor([[math.pi, 0.0, 0.0]]))
+    joints = body(gt).joints
+    tz = torch.tensor([2.5])
+    T = torch.tensor([[0.1, 0.0, 2.5]]) - joints[:, 0]
+    kmap = body.keypoint_map("body25")
+    uv = project_points(kmap(joints + T[:, None]), torch.full((1,), 500.0),
+                        torch.tensor([[W / 2, H / 2]]))
+    top = float(uv[0, 5, 1]) - 25.0          # crop: the shoulder 25 px below the top
+    uv = uv - torch.tensor([0.0, top])
+    conf = kmap.available.float().clone()
+    conf[[0, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]] = 0
+    conf = conf.expand(1, -1).clone()
+    conf[0, [6, 7]] = 0                       # elbow and wrist: above the border
+    size = (W, int(H - top))
+    body25 = torch.cat([uv * conf[..., None], conf[..., None]], -1)
+    return (PoseKeypoints2D.from_tensors(body25, size), tz, size, (W / 2, H / 2 - top),
+            uv[0, 6, 1].item(), uv[0, 7, 1].item())
+
+
+def test_missing_limb_points_are_pushed_out_of_the_image(human_body):
+    kp, tz, size, pp, elbow_y, wrist_y = _cut_arm_scene(human_body)
+    assert elbow_y < 0 and wrist_y < 0  # the scene: truly cut off
+    cfgs = {"off": FitConfig(iterations=80, starts=1, truncation_weight=0.0),
+            "on": FitConfig(iterations=80, starts=1, truncation_weight=1.0, truncation_sigma=0.5)}
+    y = {}
+    for name, cfg in cfgs.items():
+        fit = fit_smplx_to_keypoints(human_body, kp, tz, focal=500.0, principal=pp, cfg=cfg)
+        cam = human_body(fit.params).joints + fit.camera.translation[:, None]
+        uv = project_points(human_body.keypoint_map("body25")(cam), fit.camera.focal,
+                            fit.camera.principal)
+        y[name] = uv[0, [6, 7], 1]
+        assert fit.reprojection_px[0] < 3.0, (name, fit.reprojection_px)
+    margin = 0.02 * max(size)
+    # without the cue the unseen arm hangs at the prior, inside the picture; with it the
+    # elbow and wrist leave through the top border, where the arm really is
+    assert (y["off"] > margin + 10.0).all(), y["off"]
+    assert (y["on"] < margin + 4.0).all(), y["on"]
+
+
+def test_truncation_cue_leaves_frames_without_cut_limbs_alone(human_body):
+    """Fully visible frames, and a missing elbow whose wrist is seen (occluded, not cut off),
+    give bit-identical fits with the cue on and off."""
+    _, _, tz, kp = _scene(human_body, noise=1.0)
+    body = kp.body.clone()
+    body[1, 3] = 0  # right elbow missing, right wrist (slot 4) present
+    kp = PoseKeypoints2D.from_tensors(body, (W, H))
+    on = fit_smplx_to_keypoints(human_body, kp, tz, focal=500.0,
+                                cfg=FitConfig(iterations=40, starts=2, truncation_weight=1.0,
+                                              truncation_sigma=0.5, truncation_band=0.0))
+    off = fit_smplx_to_keypoints(human_body, kp, tz, focal=500.0,
+                                 cfg=FitConfig(iterations=40, starts=2, truncation_weight=0.0))
+    for name, t in on.params.as_dict().items():
+        if isinstance(t, torch.Tensor):
+            assert torch.equal(t, getattr(off.params, name)), name
+    assert torch.equal(on.loss, off.loss)
