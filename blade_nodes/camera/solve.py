@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..depth.tz import tz_values
 from .convention import Camera
 from .silhouette import (EdgeTerms, _face_ids, edge_terms, face_adjacency, resolve_backend,
                          silhouette)
@@ -710,22 +711,6 @@ def _final_iou(verts: Tensor, faces: Tensor, f: float, t: Tensor, mask: Tensor,
 
 
 # --------------------------------------------------------------------------- inputs
-def _tz_values(tz, b: int) -> Tensor:
-    val = getattr(tz, "tz", tz)
-    if isinstance(val, (int, float)):
-        val = torch.tensor([float(val)])
-    if not isinstance(val, Tensor):
-        raise ValueError(f"tz: expected a [B] tensor of pelvis depths (metres) or a BLADE_TZ "
-                         f"with .tz, got {type(tz).__name__}")
-    val = val.detach().reshape(-1).to("cpu", torch.float64)
-    if val.numel() == 1 and b > 1:
-        val = val.expand(b)
-    if val.numel() != b:
-        raise ValueError(f"tz: expected {b} values (one per mask), got {val.numel()}; "
-                         "estimate Tz on the same image batch as the mask")
-    return val
-
-
 def _desc(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
 
@@ -828,7 +813,7 @@ def solve_camera(verts: Tensor, faces: Tensor, mask: Tensor, tz, *,
                          "give one body per mask (or one body for all)")
     if cfg.opt_pose:
         raise ValueError("SolveConfig.opt_pose needs the body model: use solve_camera_body")
-    tzv = _tz_values(tz, b)
+    tzv = tz_values(tz, b, torch.float64)
     if (keypoints is None) != (keypoints_3d is None):
         raise ValueError("keypoints and keypoints_3d: give both or neither")
     kps = _check_keypoints(keypoints, b, None if keypoints_3d is None else keypoints_3d.shape[1])
@@ -883,7 +868,7 @@ def solve_camera_body(body_model, params, mask: Tensor, tz, *, keypoints: Tensor
     if pb not in (1, b):
         raise ValueError(f"smplx: batch {pb} does not match the mask batch {b}; give one set "
                          "of parameters per mask (or one for all)")
-    tzv = _tz_values(tz, b)
+    tzv = tz_values(tz, b, torch.float64)
     kmap = body_model.keypoint_map(keypoint_format) if keypoints is not None else None
     kps = _check_keypoints(keypoints, b, None if kmap is None else len(kmap.keypoint_names))
     if kps is not None:  # unavailable points of the format never count

@@ -42,6 +42,27 @@ class PelvisDepth:
                              f"{tuple(self.tz.shape)} and {tuple(self.valid.shape)}")
 
 
+def tz_values(tz, batch: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[B] pelvis depths, metres, from a BLADE_TZ (anything with a ``.tz`` [B] tensor), a
+    tensor, a list or a number; one value is repeated for every image.
+
+    Raises:
+        ValueError: not depths, or not one per image.
+    """
+    value = getattr(tz, "tz", tz)
+    try:
+        t = torch.as_tensor(value).detach().to("cpu", dtype).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"tz: expected BLADE_TZ (pelvis depth in metres), got "
+                         f"{type(tz).__name__}; connect BLADE Estimate Tz") from None
+    if t.numel() == 1 and batch > 1:
+        t = t.expand(batch).clone()
+    if t.numel() != batch:
+        raise ValueError(f"tz: expected {batch} values (one per image), got {t.numel()} depths "
+                         f"for {batch} images; run BLADE Estimate Tz on the same image batch")
+    return t
+
+
 @dataclass(frozen=True)
 class TzConfig:
     """Settings of :func:`estimate_tz` (crop for the DepthNet, metric-depth correction)."""

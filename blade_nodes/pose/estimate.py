@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..body.params import SMPLXParams
+from ..depth.tz import tz_values
 from ..camera.convention import Camera, default_focal
 from .fit import FitConfig, PoseFit, fit_smplx_to_keypoints
 from .keypoints2d import parse_pose_keypoints
@@ -41,27 +42,6 @@ class PoseEstimate:
     fit: PoseFit
     source: str
     notes: tuple[str, ...] = ()
-
-
-def tz_values(tz: Any, batch: int) -> Tensor:
-    """[B] pelvis depths, metres, from a BLADE_TZ (anything with a ``.tz`` [B] tensor), a
-    tensor or a number; one value is repeated for every image.
-
-    Raises:
-        ValueError: no ``.tz`` and not a number/tensor, or the wrong count.
-    """
-    value = getattr(tz, "tz", tz)
-    try:
-        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu().reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"tz: expected BLADE_TZ (pelvis depth in metres), got "
-                         f"{type(tz).__name__}; connect BLADE Estimate Tz") from None
-    if t.numel() == 1 and batch > 1:
-        t = t.expand(batch).clone()
-    if t.numel() != batch:
-        raise ValueError(f"tz: got {t.numel()} depths for {batch} images; expected one per image "
-                         "(run BLADE Estimate Tz on the same image batch)")
-    return t
 
 
 def _posenet_predict(posenet, image: Tensor, tz: Tensor, progress) -> tuple[SMPLXParams, Tensor]:

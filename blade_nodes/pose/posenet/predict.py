@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ...depth.tz import tz_values
 from .model import PoseNet, PoseNetRaw, _select
 from .preprocess import preprocess
 from .rotations import rot6d_to_rotmat, rotmat_to_axis_angle
@@ -89,14 +90,7 @@ def smplx_from_raw(raw: PoseNetRaw, group: Tensor | None = None) -> dict[str, Te
 
 
 def _check_tz(tz: Tensor | float, batch: int) -> Tensor:
-    tz = torch.as_tensor(tz, dtype=torch.float32)
-    if tz.ndim == 0:
-        tz = tz.expand(batch)
-    tz = tz.reshape(-1)
-    if tz.numel() == 1 and batch > 1:
-        tz = tz.expand(batch)
-    if tz.numel() != batch:
-        raise ValueError(f"tz: expected {batch} values (one per image), got {tz.numel()}")
+    tz = tz_values(tz, batch)
     if not torch.isfinite(tz).all() or (tz <= 0).any():
         raise ValueError(f"tz: expected finite pelvis depths > 0 m, got {tz.tolist()}; "
                          "connect BLADE's depth estimate (metres)")
