@@ -41,6 +41,7 @@ from blade_nodes.body import SMPLXParams, load_body_model  # noqa: E402
 from blade_nodes.body.keypoints import BODY_JOINTS_22  # noqa: E402
 from blade_nodes.camera import focal_from_fov, project_points  # noqa: E402
 from blade_nodes.pose.fit import FitConfig, fit_smplx_to_keypoints  # noqa: E402
+from blade_nodes.pose.metrics import joint_errors  # noqa: E402
 from blade_nodes.pose.keypoints2d import BODY25_FROM_OPENPOSE18, PoseKeypoints2D  # noqa: E402
 from blade_nodes.pose.skeleton import SparseSkeleton, axis_angle_to_matrix, matrix_to_axis_angle  # noqa: E402
 
@@ -117,27 +118,6 @@ def render_keypoints(bm, scene: dict, noise_px: float, drop: float, seed: int):
     return PoseKeypoints2D.from_tensors(body, (W, H)), cam[:, list(BODY_JOINTS_22)], T
 
 
-def procrustes(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Similarity-align pred [n, J, 3] to gt (rotation, scale, translation)."""
-    mp, mg = pred.mean(1, keepdim=True), gt.mean(1, keepdim=True)
-    p, q = pred - mp, gt - mg
-    U, S, Vt = torch.linalg.svd(p.transpose(1, 2) @ q)
-    d = torch.sign(torch.linalg.det(U @ Vt))
-    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], 1))
-    Rm = U @ D @ Vt
-    s = (S * torch.diagonal(D, dim1=1, dim2=2)).sum(1) / (p ** 2).sum((1, 2))
-    return s[:, None, None] * p @ Rm + mg
-
-
-def errors(pred_cam: torch.Tensor, gt_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n] MPJPE (pelvis-aligned) and PA-MPJPE, mm."""
-    a = pred_cam - pred_cam[:, :1]
-    b = gt_cam - gt_cam[:, :1]
-    mpjpe = (a - b).norm(dim=-1).mean(1) * 1000
-    pa = (procrustes(pred_cam, gt_cam) - gt_cam).norm(dim=-1).mean(1) * 1000
-    return mpjpe, pa
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -162,13 +142,13 @@ def run_condition(bm, name: str, n: int, seed: int, fov: float, noise: float, dr
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ok = fit.valid
     joints = bm(fit.params).joints[:, list(BODY_JOINTS_22)] + fit.camera.translation[:, None]
-    mpjpe, pa = errors(joints[ok], gt_cam[ok])
+    mpjpe, pa = joint_errors(joints[ok], gt_cam[ok])
     full = (kp.num_body_points() >= 16)[ok]  # (nearly) the whole body in view
     # mean-pose baseline: the fitted root orientation, shape and camera, zero body pose
     base = fit.params.replace(body_pose=torch.zeros_like(fit.params.body_pose))
     bj = bm(base).joints[:, list(BODY_JOINTS_22)]
     bj = bj - bj[:, :1] + joints[:, :1]
-    b_mpjpe, b_pa = errors(bj[ok], gt_cam[ok])
+    b_mpjpe, b_pa = joint_errors(bj[ok], gt_cam[ok])
     tz_err = ((fit.tz - scene["tz"]).abs() / scene["tz"] * 100)[ok]
     tz_in_err = ((tz_in - scene["tz"]).abs() / scene["tz"] * 100)[ok]
     f_err = ((fit.camera.focal / scene["focal"] - 1).abs() * 100)[ok]

@@ -147,25 +147,14 @@ def _save_rgba(path: Path, img: Tensor, mask: Tensor) -> None:
     Image.fromarray(np.concatenate([rgb, a], -1), "RGBA").save(path)
 
 
-def _procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a`` [N, 3] aligned to ``b`` by the best similarity transform."""
-    ma, mb = a.mean(0), b.mean(0)
-    a0, b0 = a - ma, b - mb
-    u, s, vt = np.linalg.svd(a0.T @ b0)
-    d = np.sign(np.linalg.det(u @ vt))
-    s[-1] *= d
-    u[:, -1] *= d
-    r = u @ vt
-    scale = s.sum() / (a0 ** 2).sum()
-    return scale * a0 @ r + mb
-
-
 def joint_errors(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """MPJPE (pelvis-aligned), PA-MPJPE and camera-space error, mm, on [22, 3] joints."""
-    aligned = pred - pred[:1] + gt[:1]
+    from .pose.metrics import joint_errors as batch_errors
+    p, g = torch.as_tensor(pred, dtype=torch.float64)[None], torch.as_tensor(gt, dtype=torch.float64)[None]
+    mpjpe, pa = batch_errors(p, g)
     return {
-        "mpjpe_mm": float(np.linalg.norm(aligned - gt, axis=1).mean() * 1000),
-        "pa_mpjpe_mm": float(np.linalg.norm(_procrustes(pred, gt) - gt, axis=1).mean() * 1000),
+        "mpjpe_mm": float(mpjpe[0]),
+        "pa_mpjpe_mm": float(pa[0]),
         "camera_space_joint_err_mm": float(np.linalg.norm(pred - gt, axis=1).mean() * 1000),
     }
 

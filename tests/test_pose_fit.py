@@ -493,3 +493,22 @@ def test_truncation_cue_leaves_frames_without_cut_limbs_alone(human_body):
         if isinstance(t, torch.Tensor):
             assert torch.equal(t, getattr(off.params, name)), name
     assert torch.equal(on.loss, off.loss)
+
+
+def test_joint_error_metrics():
+    from blade_nodes.pose.metrics import joint_errors
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(2, 22, 3, generator=g, dtype=torch.float64)
+    angle = torch.tensor(0.7, dtype=torch.float64)
+    R = torch.tensor([[torch.cos(angle), -torch.sin(angle), 0], [torch.sin(angle), torch.cos(angle), 0],
+                      [0, 0, 1]], dtype=torch.float64)
+    moved = 1.3 * gt @ R.T + torch.tensor([0.1, -0.2, 2.0], dtype=torch.float64)
+    mpjpe, pa = joint_errors(moved, gt)
+    assert pa.abs().max() < 1e-9 and (mpjpe > 10).all()  # similarity: PA only
+    shifted = gt + torch.tensor([0.3, 0.0, 1.0], dtype=torch.float64)
+    mpjpe, pa = joint_errors(shifted, gt)
+    assert mpjpe.abs().max() < 1e-9
+    noisy = gt.clone()
+    noisy[:, 5] += torch.tensor([0.022, 0.0, 0.0], dtype=torch.float64)
+    mpjpe, _ = joint_errors(noisy, gt)
+    torch.testing.assert_close(mpjpe, torch.full((2,), 1000 * 0.022 / 22, dtype=torch.float64))
