@@ -512,3 +512,28 @@ def test_joint_error_metrics():
     noisy[:, 5] += torch.tensor([0.022, 0.0, 0.0], dtype=torch.float64)
     mpjpe, _ = joint_errors(noisy, gt)
     torch.testing.assert_close(mpjpe, torch.full((2,), 1000 * 0.022 / 22, dtype=torch.float64))
+
+
+def test_betas_stay_within_the_shape_limit(human_body):
+    """Keypoints of an implausible body (betas at 6 SD): the fit may not follow them past
+    ``shape_limit`` (1.5 here), while without the limit it does (so the limit holds them)."""
+    gt, _, tz, _ = _scene(human_body, B=1)
+    betas = torch.zeros(1, human_body.num_betas)
+    betas[0, :3] = torch.tensor([6.0, -6.0, 6.0])
+    gt = gt.replace(betas=betas)
+    joints = human_body(gt).joints
+    T = torch.tensor([[0.1, 0.0, float(tz[0])]]) - joints[:, 0]
+    kmap = human_body.keypoint_map("body25")
+    uv = project_points(kmap(joints + T[:, None]), torch.tensor([500.0]),
+                        torch.tensor([[W / 2, H / 2]]))
+    conf = kmap.available.float().clone()
+    conf[[0, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]] = 0
+    kp = PoseKeypoints2D.from_tensors(torch.cat([uv, conf[None, :, None]], -1), (W, H))
+    free = FitConfig(iterations=80, starts=1, shape_prior=0.0, shape_limit=100.0)
+    held = FitConfig(iterations=80, starts=1, shape_prior=0.0, shape_limit=1.5)
+    b_free = fit_smplx_to_keypoints(human_body, kp, tz, focal=500.0, cfg=free).params.betas
+    b_held = fit_smplx_to_keypoints(human_body, kp, tz, focal=500.0, cfg=held).params.betas
+    assert b_free.abs().max() > 2.0, b_free
+    assert b_held.abs().max() < 1.7, b_held
+    with pytest.raises(ValueError, match="shape_limit"):
+        FitConfig(shape_limit=0.0)

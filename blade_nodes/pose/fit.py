@@ -153,7 +153,16 @@ class FitConfig:
             beyond ~10 % of the body size count less and less: mislabelled points).
         hip_weight: weight of hip keypoints (SMPL-X hips sit inside the pelvis).
         hand_weight, face_weight: weight of the hand / face terms relative to the body.
-        pose_prior, shape_prior, hand_prior: L2 weights on body pose, betas, hand poses.
+        pose_prior, hand_prior: L2 weights on body pose and hand poses.
+        shape_prior: L2 weight on betas (unit: one population standard deviation). 0.05 is
+            the MAP weight of a unit-Gaussian shape prior against ~12 points with 2-4 px noise
+            on a 400 px person (the data term is a mean in units of 1 % of the person's size).
+            Measured (bench/pose_fit.py, n=256): 0.5 (the earlier value) left betas near 0 and
+            cost 1.9-4.5 mm median PA-MPJPE (50 deg 49.9 -> 47.0, 90 deg 52.5 -> 50.6, whole
+            body at 90 deg 42.6 -> 38.1); 0.02 measured the same as 0.05 within noise.
+        shape_limit: betas beyond +-this many standard deviations are pushed back by the
+            ``limit_prior`` hinge (a weak shape prior must not buy a 2D fit with an
+            implausible body, e.g. from a detector's systematic keypoint offsets).
         limit_prior: weight of the joint-limit hinges (``POSE_LIMITS``).
         hinge_prior: L2 weight on knee and elbow rotation off their bending axis.
         natural_prior: 1 centres the pose prior on ``NATURAL_POSE`` (favours limbs forward),
@@ -193,9 +202,9 @@ class FitConfig:
             without such points are fitted exactly as with the cue off. The cue is left out
             of the objective that picks starts and limb flips (a constant penalty on an
             occluded point would bias those choices toward throwing it out of the image).
-            Measured (bench/pose_fit.py, n=64): median PA-MPJPE 56.1 -> 50.8 mm at 50 deg,
-            37.0 -> 35.8 at 90 deg, no row's median worse, some p90s worse (4 px drop25
-            83 -> 99 mm); on other seeds the per-frame mean gain is 1-4 mm. Stronger or wider
+            Measured (bench/pose_fit.py): n=256, 50 deg, shape_prior 0.05: median PA-MPJPE
+            49.5 -> 47.0 mm (n=64 had shown 56.1 -> 50.8 with shape_prior 0.5; medians of 64
+            frames move by +-7 mm between draws); per-frame mean gain 1-4 mm. Stronger or wider
             settings (weight 0.3, sigma 0.3) made every row worse: randomly dropped in-image
             points get pushed out. Even with every missing point truly outside, the gain is
             ~3 mm: "outside the image" leaves a cut-off limb mostly unconstrained.
@@ -215,7 +224,8 @@ class FitConfig:
     hand_weight: float = 0.3
     face_weight: float = 0.1
     pose_prior: float = 0.2
-    shape_prior: float = 0.5
+    shape_prior: float = 0.05
+    shape_limit: float = 3.0
     hand_prior: float = 0.05
     limit_prior: float = 100.0
     hinge_prior: float = 2.0
@@ -243,6 +253,9 @@ class FitConfig:
             raise ValueError(f"FitConfig.iterations: expected >= 1, got {self.iterations}")
         if not 0.5 <= self.flip_at <= 0.95:
             raise ValueError(f"FitConfig.flip_at: expected 0.5..0.95, got {self.flip_at}")
+        if not self.shape_limit > 0:
+            raise ValueError(f"FitConfig.shape_limit: expected > 0 standard deviations, got "
+                             f"{self.shape_limit}")
 
 
 @dataclass(frozen=True)
@@ -591,6 +604,8 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
         side = (bp[:, [3, 4], 1:] ** 2).sum((1, 2)) + (bp[:, [17, 18], 2] ** 2).sum(1)
         prior = prior + cfg.hinge_prior * side
         prior = prior + cfg.shape_prior * (P["betas"] ** 2).sum(1)
+        prior = prior + cfg.limit_prior * (torch.relu(P["betas"].abs() - cfg.shape_limit)
+                                           ** 2).sum(1)
         prior = prior + cfg.hand_prior * ((lh ** 2).sum(1) + (rh ** 2).sum(1))
         if cfg.refine_tz:
             prior = prior + (P["log_tz"] / cfg.tz_sigma) ** 2
