@@ -9,7 +9,8 @@ import torch
 from blade_nodes.body import SMPLXParams
 from blade_nodes.body.keypoints import FORMATS
 from blade_nodes.camera import project_points
-from blade_nodes.pose.estimate import PoseNetUnavailable, estimate_pose, tz_values
+from blade_nodes.pose.estimate import (PoseNetUnavailable, estimate_pose, partial_view_note,
+                                      report, tz_values)
 from blade_nodes.pose.fit import POSE_LIMITS, FitConfig, fit_smplx_to_keypoints
 from blade_nodes.pose.keypoints2d import (BODY25_FROM_COCO17, BODY25_FROM_OPENPOSE18,
                                           PoseKeypoints2D, parse_pose_keypoints)
@@ -537,3 +538,22 @@ def test_betas_stay_within_the_shape_limit(human_body):
     assert b_held.abs().max() < 1.7, b_held
     with pytest.raises(ValueError, match="shape_limit"):
         FitConfig(shape_limit=0.0)
+
+
+def test_partial_view_frames_are_named_in_the_report(human_body):
+    """Frame 1 has its legs cut off (knees and ankles missing): the report says its limbs
+    are the prior's guess; frame 0 (whole body) is not named."""
+    _, _, tz, kp = _scene(human_body)
+    pts = kp.body[:, list(BODY25_FROM_OPENPOSE18)].clone()
+    assert kp.num_limb_points().tolist() == [12, 12]
+    pts[1, [9, 10, 12, 13]] = 0  # OpenPose-18: right knee, ankle, left knee, ankle
+    frames = [{"people": [{"pose_keypoints_2d": _flat(pts[i].tolist())}],
+               "canvas_width": W, "canvas_height": H} for i in range(2)]
+    est = estimate_pose(human_body, torch.zeros(2, 3, H, W), tz, keypoints=frames,
+                        focal=500.0, cfg=FitConfig(iterations=20, starts=1))
+    text = report(est)
+    assert "frame(s) 1 (8/12): limbs out of view" in text, text
+    assert "0 (" not in text
+    many = partial_view_note(torch.tensor([3] * 10 + [12]), torch.ones(11, dtype=torch.bool))
+    assert many and many[0].startswith("frame(s) 0 (3/12), 1 (3/12)") and "2 more" in many[0]
+    assert partial_view_note(torch.tensor([3]), torch.tensor([False])) == []

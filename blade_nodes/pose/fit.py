@@ -44,7 +44,7 @@ from torch import Tensor
 from ..body.keypoints import keypoint_map
 from ..body.params import SMPLXParams
 from ..camera.convention import Camera, default_focal
-from .keypoints2d import NUM_BODY, NUM_FACE, NUM_HAND, PoseKeypoints2D
+from .keypoints2d import LIMB_SLOTS, NUM_BODY, NUM_FACE, NUM_HAND, PoseKeypoints2D
 from .skeleton import SparseSkeleton, axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["FitConfig", "PoseFit", "fit_smplx_to_keypoints", "START_ORIENTS", "POSE_LIMITS",
@@ -65,9 +65,8 @@ START_ORIENTS = (
 _TORSO = (1, 2, 5, 8, 9, 12)            # neck, shoulders, mid-hip, hips
 _HEAD = (0, 15, 16, 17, 18)             # nose, eyes, ears: tell the yaw's sign
 _HIPS = (8, 9, 12)
-# limb slots whose absence may mean "outside the image": shoulders, elbows, wrists, hips,
-# knees, ankles (head points are left out: a missing ear or eye is usually self-occlusion)
-_LIMB_SLOTS = (2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)
+# a missing limb point (LIMB_SLOTS) may mean "outside the image" (head points are left out: a
+# missing ear or eye is usually self-occlusion)
 _FOOT_SLOTS = (19, 20, 21, 22, 23, 24)  # counted only where the detector reports feet
 # BODY_25 limb chains, root to tip: the image border cuts a limb from its tip on, so a missing
 # point with a present point further along its chain is taken as occluded, not cut off
@@ -499,7 +498,7 @@ def _fit_valid(body_model, kp: PoseKeypoints2D, idx: Tensor, tz: Tensor, f: Tens
     size = kp.image_size[idx] if size is None else size
     img = rep(size.to(dtype))
     miss = torch.zeros(N, nb, device=dev)
-    miss[:, list(_LIMB_SLOTS)] = 1.0
+    miss[:, list(LIMB_SLOTS)] = 1.0
     has_feet = body_ok[:, list(_FOOT_SLOTS)].any(1, keepdim=True)
     miss[:, list(_FOOT_SLOTS)] = has_feet.to(dtype)
     miss = miss * (~body_ok).to(dtype)
