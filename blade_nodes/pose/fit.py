@@ -158,7 +158,10 @@ class FitConfig:
             on a 400 px person (the data term is a mean in units of 1 % of the person's size).
             Measured (bench/pose_fit.py, n=256): 0.5 (the earlier value) left betas near 0 and
             cost 1.9-4.5 mm median PA-MPJPE (50 deg 49.9 -> 47.0, 90 deg 52.5 -> 50.6, whole
-            body at 90 deg 42.6 -> 38.1); 0.02 measured the same as 0.05 within noise.
+            body at 90 deg 42.6 -> 38.1); 0.02 measured the same as 0.05 within noise. With
+            keypoints that are not the model's (bench row "detector bias": hips 30 % and
+            shoulders 15 % wider apart) 0.05 still gives 50.9 mm against 56.5 (0.5) and 52.7
+            (0.02): betas do not chase the offsets.
         shape_limit: betas beyond +-this many standard deviations are pushed back by the
             ``limit_prior`` hinge (a weak shape prior must not buy a 2D fit with an
             implausible body, e.g. from a detector's systematic keypoint offsets).
