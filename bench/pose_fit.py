@@ -279,8 +279,8 @@ def main() -> None:
            f"{'s/img':>6} {'cpu s':>6}")
     print(hdr)
     print("(ok: frames with >= 6 visible points; PA full: median PA-MPJPE / count of frames with "
-          ">= 16 of 18 points visible; PA 95% CI: bootstrap interval of the median; base PA: mean-pose baseline; f err%: median |focal "
-          "error| when the focal is not given)")
+          ">= 16 of 18 points visible; PA 95% CI: bootstrap interval of the median; base PA: "
+          "mean-pose baseline; f err%: median |focal error| when the focal is not given)")
     for i, (name, kw) in enumerate(conds):
         if args.only and args.only not in name:
             continue

@@ -174,6 +174,21 @@ def test_predict_smplx_end_to_end(model, golden):
     # official xyxy pixel box is in the 400 frame; un-letterbox: row offset 50, scale 400/640
     want = (golden["b1.post.body_bbox"][:, 0] - torch.tensor([0.0, 50.0, 0.0, 50.0])) / 0.625
     close("photo body box", res.body_box, want, 1e-2)
+    p = res.params()  # what estimate_pose hands on: the same values as SMPLXParams
+    assert p.flat_hand_mean is False and not p.leye_pose.any() and not p.reye_pose.any()
+    for name in ("betas", "global_orient", "body_pose", "left_hand_pose", "jaw_pose"):
+        assert torch.equal(getattr(p, name), getattr(res, name)), name
+
+
+def test_estimate_pose_with_the_posenet_alone(model, golden, synthetic_body):
+    from blade_nodes.pose.estimate import estimate_pose
+    rgb = golden["input.bgr_uint8"][:1].flip(-1).permute(0, 3, 1, 2).float() / 255.0
+    tz = golden["input.tz"][:1, 0]
+    est = estimate_pose(synthetic_body, rgb, tz, posenet=model)
+    res = predict_smplx(model, rgb, tz)
+    assert est.source == "posenet"
+    assert torch.equal(est.fit.params.body_pose, res.body_pose)
+    assert est.fit.params.flat_hand_mean is False
 
 
 def test_predict_rejects_bad_inputs(model):

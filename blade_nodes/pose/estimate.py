@@ -60,11 +60,7 @@ def _posenet_predict(posenet, image: Tensor, tz: Tensor, progress) -> tuple[SMPL
             f"({type(e).__name__}: {e}). Disconnect 'posenet' and connect 'keypoints' "
             "(POSE_KEYPOINT from DWPose / OpenPose) instead.") from None
     res = predict(posenet, image, tz, progress=progress)
-    params = SMPLXParams.from_dict(
-        {k: getattr(res, k) for k in ("betas", "global_orient", "body_pose", "left_hand_pose",
-                                      "right_hand_pose", "jaw_pose", "expression")},
-        flat_hand_mean=bool(getattr(res, "flat_hand_mean", False)))
-    return params, res.body_box.float().cpu()
+    return res.params(), res.body_box.float().cpu()
 
 
 def estimate_pose(body_model, image: Tensor, tz, keypoints: Any = None, mask: Tensor | None = None,

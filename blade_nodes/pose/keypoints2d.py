@@ -31,14 +31,15 @@ import torch
 from torch import Tensor
 
 __all__ = ["PoseKeypoints2D", "parse_pose_keypoints", "BODY25_FROM_OPENPOSE18",
-           "BODY25_FROM_COCO17", "NUM_BODY", "NUM_HAND", "NUM_FACE", "MIN_BODY_POINTS"]
+           "BODY25_FROM_COCO17", "NUM_BODY", "NUM_HAND", "NUM_FACE", "MIN_BODY_POINTS",
+           "LIMB_SLOTS"]
 
 NUM_BODY, NUM_HAND, NUM_FACE = 25, 21, 70
 MIN_BODY_POINTS = 6
-# BODY_25 slot of each OpenPose-18 point (BODY_25 = OpenPose-18 with mid-hip at 8 + 6 foot points)
 # BODY_25 slots of the 12 limb points (shoulders, elbows, wrists, hips, knees, ankles): the
 # points whose absence leaves a limb unmeasured (OpenPose-18, COCO-17 and BODY_25 all have them)
 LIMB_SLOTS = (2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)
+# BODY_25 slot of each OpenPose-18 point (BODY_25 = OpenPose-18 with mid-hip at 8 + 6 foot points)
 BODY25_FROM_OPENPOSE18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 # BODY_25 slot of each COCO-17 point (nose, l/r eye, l/r ear, l/r shoulder, elbow, wrist, hip, ...)
 BODY25_FROM_COCO17 = (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11)

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ...body.params import SMPLXParams
 from ...depth.tz import tz_values
 from .model import PoseNet, PoseNetRaw, _select
 from .preprocess import preprocess
@@ -52,6 +53,13 @@ class PoseNetResult:
     body_box: Tensor
     body_keypoints: Tensor
     flat_hand_mean: bool = False
+
+    def params(self) -> SMPLXParams:
+        """The SMPL-X fields as :class:`SMPLXParams` (eye poses zero, hands relative to the
+        mean hand: ``flat_hand_mean`` False)."""
+        return SMPLXParams.from_dict({n: getattr(self, n) for n in (
+            "betas", "global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
+            "jaw_pose", "expression")}, flat_hand_mean=self.flat_hand_mean)
 
 
 def select_person(logits: Tensor, num_select: int) -> tuple[Tensor, Tensor, Tensor]:
